@@ -1,0 +1,43 @@
+"""Run the metric SQL files in assets/sql/ and publish their tables atomically."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+
+@cache
+def load_sql(name: str) -> str:
+    """Text of ``assets/sql/<name>.sql``."""
+    return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def replace_tables(
+    con: duckdb.DuckDBPyConnection, tables: dict[str, str | pd.DataFrame], params: dict | None = None
+) -> dict[str, int]:
+    """Replace several tables in one transaction: all new, or all as before.
+
+    ``tables`` maps ``schema.table`` to a SELECT statement (run with ``params``)
+    or to a DataFrame. Returns the row count of each table written.
+    """
+    counts: dict[str, int] = {}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for name, source in tables.items():
+            if isinstance(source, pd.DataFrame):
+                con.register("_replace_frame", source)
+                con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _replace_frame")
+                con.unregister("_replace_frame")
+            else:
+                con.execute(f"CREATE OR REPLACE TABLE {name} AS {source}", params or {})
+            counts[name] = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return counts

@@ -1,0 +1,1 @@
+"""Pandera models of the exports, the instrument registry and the config schema."""
