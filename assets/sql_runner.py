@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 
@@ -18,7 +19,9 @@ def load_sql(name: str) -> str:
 
 
 def replace_tables(
-    con: duckdb.DuckDBPyConnection, tables: dict[str, str | pd.DataFrame], params: dict | None = None
+    con: duckdb.DuckDBPyConnection,
+    tables: dict[str, str | pd.DataFrame],
+    params: dict | None = None,
 ) -> dict[str, int]:
     """Replace several tables in one transaction: all new, or all as before.
 
@@ -35,9 +38,22 @@ def replace_tables(
                 con.unregister("_replace_frame")
             else:
                 con.execute(f"CREATE OR REPLACE TABLE {name} AS {source}", params or {})
-            counts[name] = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+            counts[name] = con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     return counts
+
+
+def statements(sql: str) -> list[str]:
+    """Split a SQL script into statements (comment lines dropped first)."""
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in re.split(r";\s*(?:\n|$)", body) if s.strip()]
+
+
+def run_script(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> None:
+    """Run each statement of a script, binding only the ``$name`` params it uses."""
+    for statement in statements(sql):
+        used = {k: v for k, v in (params or {}).items() if f"${k}" in statement}
+        con.execute(statement, used) if used else con.execute(statement)

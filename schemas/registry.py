@@ -208,8 +208,17 @@ class Registry:
             row["s_diff"] = inst.s_diff
             rows.append(row)
         frame = pd.DataFrame(rows)
-        for col in ("cutoff", "reliable_change", "reliability", "normative_sd",
-                    "risk_threshold", "rc_threshold", "s_diff", "item_min", "item_max"):
+        for col in (
+            "cutoff",
+            "reliable_change",
+            "reliability",
+            "normative_sd",
+            "risk_threshold",
+            "rc_threshold",
+            "s_diff",
+            "item_min",
+            "item_max",
+        ):
             frame[col] = frame[col].astype("Float64")
         for col in ("max_missing", "risk_item", "items"):
             frame[col] = frame[col].astype("Int64")

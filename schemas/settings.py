@@ -68,9 +68,13 @@ class Settings:
         return out
 
 
-CONFIG_KEYS = {
-    f.name for f in fields(Settings)
-} - {"exports_dir", "warehouse", "reports_dir", "as_of", "config_file"}
+CONFIG_KEYS = {f.name for f in fields(Settings)} - {
+    "exports_dir",
+    "warehouse",
+    "reports_dir",
+    "as_of",
+    "config_file",
+}
 
 
 class SettingsError(ValueError):

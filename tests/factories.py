@@ -17,15 +17,30 @@ import pandas as pd
 from schemas.registry import Registry, load_registry
 from schemas.staging import create_tables
 
-
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "episodes": {"clinic_id": "C1", "clinician_id": "T1", "referral_date": None,
-                 "end_date": None, "end_reason": None, "program": None,
-                 "age_band": None, "gender": None},
-    "sessions": {"clinician_id": "T1", "session_type": "treatment", "modality": None,
-                 "duration_minutes": None, "practice_completed": None},
-    "assessments": {"session_id": None, "total_score": None, "items_answered": None,
-                    "prorated": False},
+    "episodes": {
+        "clinic_id": "C1",
+        "clinician_id": "T1",
+        "referral_date": None,
+        "end_date": None,
+        "end_reason": None,
+        "program": None,
+        "age_band": None,
+        "gender": None,
+    },
+    "sessions": {
+        "clinician_id": "T1",
+        "session_type": "treatment",
+        "modality": None,
+        "duration_minutes": None,
+        "practice_completed": None,
+    },
+    "assessments": {
+        "session_id": None,
+        "total_score": None,
+        "items_answered": None,
+        "prorated": False,
+    },
     "assessment_items": {},
     "goals": {},
     "risk_responses": {"staged": True},
@@ -39,10 +54,14 @@ def create_empty_warehouse(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-    return [r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = 'staging' AND table_name = ? ORDER BY ordinal_position",
-        [table]).fetchall()]
+    return [
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = 'staging' AND table_name = ? ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+    ]
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:

@@ -1,0 +1,162 @@
+"""Direct-identifier guard (CONTRACT.md section 4).
+
+An export column whose *name* looks like an identifier, or whose *values*
+look like e-mail addresses or phone numbers, stops the ingest. Only the column
+name is ever reported: the values are never logged, quarantined or stored.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+# Whole tokens of a column name (split on non-alphanumerics and camelCase).
+_NAME_TOKENS = {
+    "name",
+    "names",
+    "firstname",
+    "lastname",
+    "surname",
+    "forename",
+    "forenames",
+    "fullname",
+    "givenname",
+    "familyname",
+    "middlename",
+    "maidenname",
+    "email",
+    "mail",
+    "phone",
+    "telephone",
+    "tel",
+    "mobile",
+    "cellphone",
+    "fax",
+    "address",
+    "street",
+    "postcode",
+    "zipcode",
+    "zip",
+    "city",
+    "town",
+    "dob",
+    "birthdate",
+    "birthday",
+    "ssn",
+    "nhs",
+    "nhsno",
+    "nino",
+    "passport",
+    "note",
+    "notes",
+    "comment",
+    "comments",
+    "freetext",
+    "narrative",
+    "remarks",
+}
+# Adjacent token pairs that together name an identifier.
+_NAME_PAIRS = {
+    ("first", "name"),
+    ("last", "name"),
+    ("given", "name"),
+    ("family", "name"),
+    ("full", "name"),
+    ("client", "name"),
+    ("patient", "name"),
+    ("e", "mail"),
+    ("date", "birth"),
+    ("birth", "date"),
+    ("national", "id"),
+    ("national", "number"),
+    ("insurance", "number"),
+    ("insurance", "id"),
+    ("social", "security"),
+    ("free", "text"),
+    ("phone", "number"),
+    ("post", "code"),
+    ("zip", "code"),
+    ("street", "address"),
+    ("home", "address"),
+    ("medicare", "number"),
+    ("health", "number"),
+    ("nhs", "number"),
+}
+# Contract columns are pseudonymous by definition; their names never trip the guard.
+_ALLOWED = {
+    "episode_id",
+    "client_id",
+    "clinic_id",
+    "clinician_id",
+    "session_id",
+    "assessment_id",
+}
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+# Phone-like: 9+ digits written with phone punctuation or a leading '+'.
+# A bare run of digits is an id, a date has 8 digits: neither counts.
+PHONE = re.compile(r"^\s*(?:\+|00)?[\d][\d\s().\-/]{7,}\d\s*$")
+
+
+class PrivacyError(ValueError):
+    """Raised when an export carries a direct identifier; names the column only."""
+
+
+def _tokens(column: str) -> list[str]:
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", column)
+    return [t for t in re.split(r"[^a-z0-9]+", spaced.lower()) if t]
+
+
+def identifier_like_name(column: str) -> bool:
+    if column.lower() in _ALLOWED:
+        return False
+    tokens = _tokens(column)
+    if any(t in _NAME_TOKENS for t in tokens):
+        return True
+    pairs = set(zip(tokens, tokens[1:], strict=False))
+    if tokens and tokens[0] == "of":
+        return False
+    return bool(pairs & _NAME_PAIRS) or "dateofbirth" in "".join(tokens)
+
+
+def _phone_like(values: pd.Series) -> pd.Series:
+    candidates = values[values.str.match(PHONE).fillna(False).astype(bool)]
+    digits = candidates.str.count(r"\d")
+    has_punct = candidates.str.contains(r"[\s().\-/+]", regex=True)
+    is_date = candidates.str.match(r"^\s*\d{4}-\d{2}-\d{2}")
+    return (digits >= 9) & has_punct & ~is_date
+
+
+def identifier_like_values(values: pd.Series) -> str | None:
+    """'e-mail' or 'phone' when any value looks like one, else None."""
+    distinct = pd.Series(values.dropna().unique(), dtype="string")
+    if distinct.empty:
+        return None
+    if distinct.str.contains(EMAIL).fillna(False).any():
+        return "e-mail addresses"
+    if _phone_like(distinct).any():
+        return "phone numbers"
+    return None
+
+
+def check_column_names(columns: list[str], source: str) -> None:
+    flagged = [c for c in columns if identifier_like_name(c)]
+    if flagged:
+        raise PrivacyError(
+            f"{source}: column {flagged[0]!r} looks like a direct identifier "
+            f"(names, contact details, dates of birth, national ids and free-text notes "
+            f"must not be exported). Remove the column from the export and run again."
+            + (f" Also flagged: {flagged[1:]}" if len(flagged) > 1 else "")
+        )
+
+
+def check_column_values(frame: pd.DataFrame, source: str) -> None:
+    for column in frame.columns:
+        found = identifier_like_values(frame[column])
+        if found:
+            raise PrivacyError(
+                f"{source}: column {column!r} contains values that look like {found} "
+                f"(direct identifiers). No value was written anywhere. Remove them from "
+                f"the export and run again."
+            )
