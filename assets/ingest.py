@@ -10,6 +10,7 @@ mart or report is rebuilt from them (edge rule 16).
 import dagster as dg
 
 from assets.ingest_engine import Ingest, IngestError, IngestResult, TableReport
+from assets.sql_runner import preview_markdown
 from pipelines.resources import OutcomesResource
 from schemas.privacy import PrivacyError
 from schemas.rules import catalogue
@@ -35,15 +36,8 @@ def staging_key(table: str) -> dg.AssetKey:
     return dg.AssetKey(["staging", table])
 
 
-def _preview(con, table: str, limit: int = 5) -> dg.MetadataValue:
-    frame = con.execute(f"SELECT * FROM {table} LIMIT {limit}").df()
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    rows = [
-        "| " + " | ".join("" if v is None else str(v) for v in row) + " |"
-        for row in frame.astype(object).where(frame.notna(), None).itertuples(index=False)
-    ]
-    return dg.MetadataValue.md("\n".join([header, rule, *rows]))
+def _preview(con, relation: str, limit: int = 5) -> dg.MetadataValue:
+    return dg.MetadataValue.md(preview_markdown(con, relation, limit))
 
 
 def _table_metadata(report: TableReport, result: IngestResult) -> dict[str, object]:

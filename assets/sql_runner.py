@@ -57,3 +57,18 @@ def run_script(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = N
     for statement in statements(sql):
         used = {k: v for k, v in (params or {}).items() if f"${k}" in statement}
         con.execute(statement, used) if used else con.execute(statement)
+
+
+def preview_markdown(con: duckdb.DuckDBPyConnection, relation: str, limit: int = 5) -> str:
+    """The first rows of a table or ``(SELECT ...)`` as a markdown table, for asset metadata."""
+    frame = con.execute(f"SELECT * FROM {relation} LIMIT {int(limit)}").df()
+    frame = frame.astype(object).where(frame.notna(), None)
+    lines = [
+        "| " + " | ".join(map(str, frame.columns)) + " |",
+        "| " + " | ".join("---" for _ in frame.columns) + " |",
+    ]
+    lines += [
+        "| " + " | ".join("" if v is None else str(v) for v in row) + " |"
+        for row in frame.itertuples(index=False)
+    ]
+    return "\n".join(lines)

@@ -96,7 +96,7 @@ _ALLOWED = {
 EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 # Phone-like: 9+ digits written with phone punctuation or a leading '+'.
 # A bare run of digits is an id, a date has 8 digits: neither counts.
-PHONE = re.compile(r"^\s*(?:\+|00)?[\d][\d\s().\-/]{7,}\d\s*$")
+PHONE = re.compile(r"^\s*(?:\+|00)?\(?\d[\d\s().\-/]{7,}\d\s*$")
 
 
 class PrivacyError(ValueError):

@@ -70,7 +70,8 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str,
     cols = _columns(con, table)
     records = []
     for i, row in enumerate(rows, start=1):
-        full = {"source_file": f"{table}.csv", "source_row": i, **DEFAULTS.get(table, {}), **row}
+        lineage = {"source_file": f"{table}.csv", "source_row": i} if "source_row" in cols else {}
+        full = {**lineage, **DEFAULTS.get(table, {}), **row}
         unknown = set(full) - set(cols)
         if unknown:
             raise KeyError(f"staging.{table} has no columns {sorted(unknown)}")
