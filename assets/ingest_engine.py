@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from assets.sql_runner import load_sql, run_script
 from schemas import privacy, rules
 from schemas.exports import ColumnInfo, columns_of, export_schemas, rule_of_failure
+from schemas.parsing import TEXT, parse
 from schemas.registry import Registry, fold_code
 from schemas.settings import Settings
 from schemas.staging import STAGING_TABLES, create_tables
@@ -165,7 +166,7 @@ def _header(sf: SourceFile) -> list[str]:
 
 def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     """Text columns with surrounding blanks trimmed and empty strings as NA."""
-    out = frame.astype("string")
+    out = frame.astype(TEXT)
     for col in out.columns:
         out[col] = out[col].str.strip().replace("", pd.NA)
     return out
@@ -184,7 +185,7 @@ def read_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[pd.DataFrame]:
                     for c in batch.columns
                 ]
                 frame = pa_arrow.Table.from_arrays(cols, names=batch.schema.names).to_pandas(
-                    types_mapper=lambda _t: pd.StringDtype()
+                    types_mapper=lambda _t: TEXT
                 )
                 frame = _normalise(frame)
                 frame.index = pd.RangeIndex(start, start + len(frame))
@@ -255,8 +256,6 @@ def _first_rules(schema: pa.DataFrameSchema, raw: pd.DataFrame) -> pd.DataFrame:
 def _typed(
     raw: pd.DataFrame, columns: list[ColumnInfo], settings: Settings, registry: Registry
 ) -> pd.DataFrame:
-    from schemas.parsing import parse
-
     out = pd.DataFrame(index=raw.index)
     for c in columns:
         values = parse(c.kind, raw[c.name], settings.tz)
@@ -266,9 +265,7 @@ def _typed(
     if "instrument" in out:
         fold = registry.fold_map()
         out["instrument"] = (
-            raw["instrument"]
-            .map(lambda v: fold.get(fold_code(v)), na_action="ignore")
-            .astype("string")
+            raw["instrument"].map(lambda v: fold.get(fold_code(v)), na_action="ignore").astype(TEXT)
         )
     return out
 
@@ -352,7 +349,7 @@ class Ingest:
                 privacy.check_column_values(raw.drop(columns="_source_row"), sf.relative)
                 for c in names:
                     if c not in raw:
-                        raw[c] = pd.Series(pd.NA, index=raw.index, dtype="string")
+                        raw[c] = pd.Series(pd.NA, index=raw.index, dtype=TEXT)
                 body = raw[names]
                 failures = _first_rules(schema, body)
                 typed = _typed(body, cols, self.settings, self.registry)
@@ -365,8 +362,8 @@ class Ingest:
                     },
                     index=raw.index,
                 )
-                frame["_rule"] = failures["_rule"].reindex(raw.index).astype("string")
-                frame["_detail"] = failures["_detail"].reindex(raw.index).astype("string")
+                frame["_rule"] = failures["_rule"].reindex(raw.index).astype(TEXT)
+                frame["_detail"] = failures["_detail"].reindex(raw.index).astype(TEXT)
                 for c in names:
                     frame[f"raw_{c}"] = body[c]
                 for c in names:

@@ -19,7 +19,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from schemas import rules
-from schemas.parsing import parse, unparseable
+from schemas.parsing import TEXT, parse, unparseable
 from schemas.registry import Registry, fold_code
 
 END_REASONS = (
@@ -64,7 +64,7 @@ def _column(
     all_checks = [] if kind in ("string", "enum") else [_type_check(kind, tz)]
     all_checks += checks or []
     return pa.Column(
-        "string",
+        TEXT,
         nullable=not required,
         checks=all_checks,
         required=required,

@@ -9,10 +9,15 @@ from __future__ import annotations
 import re
 from zoneinfo import ZoneInfo
 
-import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Export text is held as Arrow-backed strings: several times faster than objects.
+TEXT = pd.StringDtype("pyarrow")
 
 _INT = re.compile(r"^\s*[+-]?\d+(?:\.0*)?\s*$")
+_FLOAT = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _OFFSET = re.compile(r"(?:Z|[+-]\d{2}(?::?\d{2})?)$")
 _TIMESTAMP = re.compile(
@@ -21,33 +26,50 @@ _TIMESTAMP = re.compile(
 
 
 def _text(s: pd.Series) -> pd.Series:
-    return s.astype("string").str.strip()
+    return s.astype(TEXT).str.strip()
+
+
+def _arrow(s: pd.Series) -> pa.Array:
+    """Trimmed Arrow strings of a Series (zero-copy for Arrow-backed text)."""
+    values = s.astype(TEXT).array
+    arr = values._pa_array if hasattr(values, "_pa_array") else pa.array(values, pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return pc.utf8_trim_whitespace(arr)
+
+
+def _series(arr: pa.Array, index: pd.Index, dtype: str) -> pd.Series:
+    out = arr.to_pandas()
+    out.index = index  # relabel, never realign
+    return out.astype(dtype)
 
 
 def parse_int(s: pd.Series) -> pd.Series:
     """'45' and '45.0' -> 45 (edge rule 14); anything else -> NA."""
-    text = _text(s)
-    ok = text.str.match(_INT).fillna(False).astype(bool)
-    out = pd.Series(pd.NA, index=s.index, dtype="Int64")
-    if ok.any():
-        out[ok] = pd.to_numeric(text[ok].str.split(".").str[0]).astype("Int64")
-    return out
+    text = _arrow(s)
+    ok = pc.match_substring_regex(text, _INT.pattern)
+    whole = pc.if_else(ok, pc.replace_substring_regex(text, r"\.0*$", ""), None)
+    return _series(pc.cast(whole, pa.int64()), s.index, "Int64")
 
 
 def parse_float(s: pd.Series) -> pd.Series:
-    """Decimal numbers; 'nan'/'inf' are not numbers here."""
-    text = _text(s)
-    num = pd.to_numeric(text, errors="coerce").astype("Float64")
-    finite = num.notna() & np.isfinite(num.fillna(0).to_numpy(dtype="float64"))
-    return num.where(finite, pd.NA)
+    """Decimal numbers ('1.5', '-2', '.5', '1e3'); 'nan'/'inf' are not numbers here."""
+    text = _arrow(s)
+    ok = pc.match_substring_regex(text, _FLOAT.pattern)
+    return _series(pc.cast(pc.if_else(ok, text, None), pa.float64()), s.index, "Float64")
 
 
 def parse_date(s: pd.Series) -> pd.Series:
     """Strict ISO dates (YYYY-MM-DD) -> datetime64 at midnight; NA otherwise."""
-    text = _text(s)
-    ok = text.str.match(_DATE).fillna(False).astype(bool)
-    out = pd.to_datetime(text.where(ok), format="%Y-%m-%d", errors="coerce")
-    return out.astype("datetime64[us]")
+    text = _arrow(s)
+    ok = pc.match_substring_regex(text, _DATE.pattern)
+    parsed = pc.strptime(
+        pc.if_else(ok, text, None), format="%Y-%m-%d", unit="us", error_is_null=True
+    )
+    # strptime rolls impossible days over (2026-02-30 -> 03-02): keep only round trips.
+    exact = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), text)
+    parsed = pc.if_else(pc.fill_null(exact, False), parsed, None)
+    return _series(parsed, s.index, "datetime64[us]")
 
 
 def parse_timestamp(s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:
@@ -82,7 +104,7 @@ def parse(kind: str, s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:
         return parse_timestamp(s, tz)
     if kind in PARSERS:
         return PARSERS[kind](s)
-    return s.astype("string")
+    return s.astype(TEXT)
 
 
 def unparseable(kind: str, s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:
