@@ -53,8 +53,8 @@ def _summary(settings: Settings) -> str:
             origin = "OUTCOMES_AS_OF" if source == "config" else "latest date in the data"
             lines.append(f"Data cut date (as of): {as_of} ({origin}); run {run_id}")
         tables = con.execute(
-            "SELECT table_schema, table_name, estimated_size FROM duckdb_tables() "
-            "WHERE table_schema IN ('staging', 'quarantine', 'marts') ORDER BY 1, 2"
+            "SELECT schema_name, table_name, estimated_size FROM duckdb_tables() "
+            "WHERE schema_name IN ('staging', 'quarantine', 'marts') ORDER BY 1, 2"
         ).fetchall()
         lines.append("Tables (rows):")
         for schema, name, _ in tables:
