@@ -3,7 +3,7 @@ severity-adjusted effect size with its uncertainty (ACORN style).
 
 Clinicians are compared on change adjusted for baseline severity, with a
 confidence interval and funnel limits, never as a bare league table
-(METRICS.md, Symptom outcomes). Method and citations: docs/metrics_service.md.
+(METRICS.md, Symptom outcomes). Method and citations: docs/metrics.md (section 6).
 """
 
 from __future__ import annotations

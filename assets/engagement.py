@@ -1,6 +1,6 @@
 """Engagement curves as tables the reports plot: retention (Kaplan-Meier survival of
 "still attending") and dose-response (cumulative share reliably improved by session).
-Definitions: docs/metrics_service.md.
+Definitions: docs/metrics.md (section 6).
 """
 
 from __future__ import annotations

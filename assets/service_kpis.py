@@ -5,7 +5,7 @@ Measurement completeness), in the long format reports suppress cell by cell.
 paired outcome, when the episode left treatment); ``marts.clinic_kpis`` holds one
 row per (period, clinic or whole service, KPI, instrument) with the numerator,
 denominator and distinct clients behind every value. Definitions and sources:
-docs/metrics_service.md.
+docs/metrics.md (section 6).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from scipy import stats
 from assets.sql_runner import load_sql, preview_markdown, replace_tables
 from pipelines.resources import OutcomesResource
 
-# --- definitions that are not registry thresholds (documented in docs/metrics_service.md) ---
+# --- definitions that are not registry thresholds (documented in docs/metrics.md (section 6)) ---
 SERVICE_KEY = "__service__"  # clinic_id of the whole-service rows
 DEPRESSION_INSTRUMENT = "PHQ-9"  # NHS Talking Therapies pair, and the primary instrument
 ANXIETY_INSTRUMENT = "GAD-7"
