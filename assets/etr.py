@@ -39,7 +39,7 @@ BACKTEST_SESSIONS: tuple[int, ...] = (4, 6)
 # are conditional on the intake score); 'score' = the raw scores of the band.
 # Both are backtested by benchmarks/etr_backtest.py; 'change' was better on every
 # figure (docs/decisions/005-etr-method.md).
-DEFAULT_BASIS: Basis = "change"
+DEFAULT_BASIS: Basis = Settings.etr_basis  # config key etr_basis
 
 TABLES = (
     "marts.etr_settings",
@@ -52,7 +52,7 @@ TABLES = (
 
 def etr_settings_frame(
     settings: Settings,
-    basis: Basis = DEFAULT_BASIS,
+    basis: Basis | None = None,
     backtest_sessions: tuple[int, ...] = BACKTEST_SESSIONS,
 ) -> pd.DataFrame:
     """The one-row ``marts.etr_settings`` table: tunables as the SQL reads them.
@@ -61,6 +61,7 @@ def etr_settings_frame(
     percentile for higher-is-worse instruments and the 10th for higher-is-better
     ones, so the band runs from quantile 1 - p/100 to p/100.
     """
+    basis = basis or settings.etr_basis
     p = float(settings.etr_tolerance_percentile)
     if not 50 < p < 100:
         raise ValueError(f"etr_tolerance_percentile must be between 50 and 100, got {p:g}")
@@ -85,7 +86,7 @@ def etr_settings_frame(
 def build_etr(
     con: duckdb.DuckDBPyConnection,
     settings: Settings | None = None,
-    basis: Basis = DEFAULT_BASIS,
+    basis: Basis | None = None,
     backtest_sessions: tuple[int, ...] = BACKTEST_SESSIONS,
 ) -> dict[str, int]:
     """Write the ETR tables (needs marts.scores, episode_attendance, episode_outcomes)."""

@@ -21,6 +21,7 @@ from scipy import stats
 
 from assets.sql_runner import load_sql, preview_markdown, replace_tables
 from pipelines.resources import OutcomesResource
+from schemas.settings import Settings
 
 # --- definitions that are not registry thresholds (documented in docs/metrics.md (section 6)) ---
 SERVICE_KEY = "__service__"  # clinic_id of the whole-service rows
@@ -32,7 +33,8 @@ PAIRED_SHARE_AIM = 0.90  # NHS Talking Therapies aims for paired scores in >= 90
 CI_LEVEL = 0.95
 # Minami et al. (2008) clinical-trial benchmark of pre-post d for adult depression
 # (treatment completers). Verify against the paper before publishing comparisons.
-MINAMI_DEPRESSION_BENCHMARK_D = 0.93
+# (Default of the config key effect_size_benchmark_d; a clinic sets its own there.)
+MINAMI_DEPRESSION_BENCHMARK_D = Settings.effect_size_benchmark_d
 MINAMI_BENCHMARK_SOURCE = (
     "Minami et al. 2008, J Consult Clin Psychol 76(1):116-124 (benchmarks from "
     "Minami et al. 2007, J Consult Clin Psychol 75(2):232-243): clinical-trial "
@@ -66,8 +68,9 @@ def z_value(level: float = CI_LEVEL) -> float:
     return float(stats.norm.ppf(0.5 + level / 2))
 
 
-def kpi_params() -> dict[str, object]:
+def kpi_params(settings: Settings | None = None) -> dict[str, object]:
     """Every named parameter the service-KPI SQL files may use."""
+    settings = settings or Settings()
     return {
         "service_key": SERVICE_KEY,
         "depression_instrument": DEPRESSION_INSTRUMENT,
@@ -76,7 +79,7 @@ def kpi_params() -> dict[str, object]:
         "finished_min_sessions": FINISHED_MIN_SESSIONS,
         "paired_share_aim": PAIRED_SHARE_AIM,
         "z": z_value(),
-        "benchmark_d": MINAMI_DEPRESSION_BENCHMARK_D,
+        "benchmark_d": settings.effect_size_benchmark_d,
         "benchmark_source": MINAMI_BENCHMARK_SOURCE,
     }
 
@@ -103,10 +106,12 @@ def build_clinic_kpis_episodes(con: duckdb.DuckDBPyConnection) -> dict[str, int]
     return replace_tables(con, {EPISODES_TABLE: sql}, params_used(sql, kpi_params()))
 
 
-def build_clinic_kpis(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def build_clinic_kpis(
+    con: duckdb.DuckDBPyConnection, settings: Settings | None = None
+) -> dict[str, int]:
     """Write marts.clinic_kpis (needs marts.clinic_kpis_episodes and marts.episode_outcomes)."""
     sql = clinic_kpis_sql()
-    return replace_tables(con, {KPI_TABLE: sql}, params_used(sql, kpi_params()))
+    return replace_tables(con, {KPI_TABLE: sql}, params_used(sql, kpi_params(settings)))
 
 
 # --- materialization metadata shared by the service-level mart modules ---
@@ -203,7 +208,7 @@ def clinic_kpis_episodes(outcomes: OutcomesResource) -> dg.MaterializeResult:
 )
 def clinic_kpis(outcomes: OutcomesResource) -> dg.MaterializeResult:
     with outcomes.connect() as con:
-        build_clinic_kpis(con)
+        build_clinic_kpis(con, outcomes.settings)
         metadata = table_metadata(con, KPI_TABLE)
         headline = _service_headline(
             con,

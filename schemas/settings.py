@@ -44,6 +44,9 @@ class Settings:
     etr_min_reference: int = 30
     etr_tolerance_percentile: float = 90.0
     etr_fallback_session: int = 6
+    etr_basis: str = "change"  # compare change from baseline ('change') or raw scores ('score')
+    # Published pre-post d benchmark for adult depression (PHQ-9 rows of clinic_kpis).
+    effect_size_benchmark_d: float = 0.93
     ingest_chunk_rows: int = 250_000
     instruments: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     config_file: Path | None = None
@@ -132,6 +135,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("min_cell_size must be at least 1")
     if s.disengaged_after_days < 1:
         raise SettingsError("disengaged_after_days must be at least 1")
+    if s.etr_basis not in ("change", "score"):
+        raise SettingsError("etr_basis must be 'change' or 'score'")
     if s.ingest_chunk_rows < 1:
         raise SettingsError("ingest_chunk_rows must be at least 1")
     s.registry()  # raises with the instrument's code on a bad override
