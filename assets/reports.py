@@ -1,0 +1,1932 @@
+"""Report assets: the service QI report and the clinician caseload pages.
+
+Flow (DESIGN.md): query the marts -> one frame per report section holding every
+cell any page will show (the whole service, each clinic, and the totals that
+link them) -> ``assets.suppression.suppress`` once per section -> slice per
+page -> figures from ``assets.figures`` -> self-contained HTML under
+``settings.reports_dir`` (plotly.js embedded once per page, no network).
+
+A section appears only when the marts it reads exist in the warehouse; until
+then the page says "not available" and names them. Definitions of every number
+are in METRICS.md / docs/metrics*.md; what each section shows is in
+docs/reports.md.
+"""
+
+import calendar
+import datetime as dt
+import html
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+import plotly.offline
+from pydantic import Field
+
+from assets import figures
+from assets.alliance import SRS
+from assets.service_kpis import PAIR_LABEL, PAIRED_SHARE_AIM, SERVICE_KEY, asset_keys
+from assets.sql_runner import load_sql
+from assets.suppression import (
+    SUPPRESSED,
+    Additive,
+    CellSpec,
+    Cumulative,
+    suppress,
+    suppressed_cells,
+    write_csv,
+)
+from pipelines.resources import OutcomesResource
+from schemas.settings import Settings
+
+GROUP = "reports"
+TEMPLATES = Path(__file__).resolve().parent / "report_templates"
+QI_DIR = "qi_report"
+# Sorts after qi_report so that `./dev run`'s list of report paths starts with the QI pages.
+CASELOAD_DIR = "therapist_caseload"
+ALL = "__all__"  # the total row of a breakdown (months -> window, bands -> all)
+TREND_MONTHS = 12
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------
+# reporting period
+
+
+@dataclass(frozen=True)
+class Period:
+    """The reporting month, the month before it and the trailing trend window."""
+
+    month: dt.date  # first day of the reporting month
+    as_of: dt.date
+
+    @property
+    def month_end(self) -> dt.date:
+        return self.month.replace(day=calendar.monthrange(self.month.year, self.month.month)[1])
+
+    @property
+    def previous(self) -> dt.date:
+        return add_months(self.month, -1)
+
+    @property
+    def window_start(self) -> dt.date:
+        return add_months(self.month, -(TREND_MONTHS - 1))
+
+    def label(self, month: dt.date | None = None) -> str:
+        return (month or self.month).strftime("%B %Y")
+
+    def window_label(self) -> str:
+        return f"{self.window_start:%b %Y} to {self.month:%b %Y}"
+
+
+def add_months(day: dt.date, months: int) -> dt.date:
+    index = day.year * 12 + day.month - 1 + months
+    return dt.date(index // 12, index % 12 + 1, 1)
+
+
+def reporting_period(as_of: dt.date, month: str | dt.date | None = None) -> Period:
+    """Default: the last full calendar month up to the data cut date.
+
+    A month is full when its last day is on or before as-of: as-of 2026-06-30
+    reports June 2026, as-of 2026-06-29 reports May 2026. ``month`` ('YYYY-MM'
+    or a date) overrides it.
+    """
+    if month:
+        if isinstance(month, str):
+            try:
+                year, mon = (int(p) for p in month.strip()[:7].split("-"))
+                chosen = dt.date(year, mon, 1)
+            except ValueError as exc:
+                raise ValueError(f"reporting period {month!r} is not YYYY-MM") from exc
+        else:
+            chosen = month.replace(day=1)
+        return Period(chosen, as_of)
+    first = as_of.replace(day=1)
+    last_day = calendar.monthrange(as_of.year, as_of.month)[1]
+    return Period(first if as_of.day == last_day else add_months(first, -1), as_of)
+
+
+# --------------------------------------------------------------------------
+# reading the warehouse
+
+
+def existing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """``schema.table`` of every table and view (information_schema)."""
+    rows = con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()
+    return {f"{s}.{t}" for s, t in rows}
+
+
+def _df(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None = None):
+    used = {k: v for k, v in (params or {}).items() if f"${k}" in sql}
+    return con.execute(sql, used).df() if used else con.execute(sql).df()
+
+
+def _nulls(frame: pd.DataFrame) -> pd.DataFrame:
+    """NaN -> None in object columns, so that 'missing' is one thing."""
+    return frame.astype(object).where(frame.notna(), None)
+
+
+@dataclass
+class Section:
+    """One report section's published (suppressed) frame, or why it is absent."""
+
+    name: str
+    frame: pd.DataFrame | None = None
+    missing: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return self.frame is not None
+
+    def status(self) -> str:
+        if self.frame is None:
+            return "not available (missing " + ", ".join(self.missing) + ")"
+        return f"{len(self.frame)} cells, {int(self.frame[SUPPRESSED].sum())} suppressed"
+
+
+def _needs(tables: set[str], *names: str) -> list[str]:
+    return [n for n in names if n not in tables]
+
+
+def with_rate_counts(frame: pd.DataFrame, is_rate: pd.Series | None = None) -> pd.DataFrame:
+    """Add the two counts a published rate gives away: ``events`` (numerator) and
+    ``non_events`` (denominator - numerator), for the small-count rule; NULL where the
+    row is not a rate (a mean, a median)."""
+    num = pd.to_numeric(frame["numerator"], errors="coerce")
+    den = pd.to_numeric(frame["denominator"], errors="coerce")
+    rate = pd.Series(True, index=frame.index) if is_rate is None else is_rate.astype(bool)
+    rate &= num.notna() & den.notna()
+    return frame.assign(
+        events=num.where(rate).astype(object).where(rate, None),
+        non_events=(den - num).where(rate).astype(object).where(rate, None),
+    )
+
+
+# --------------------------------------------------------------------------
+# section frames: what is published, and the equations between cells
+
+# (kpi, instrument) of the monthly KPI cells; '' = not about one instrument.
+TREND_KPIS: tuple[tuple[str, str], ...] = (
+    ("attendance_rate", ""),
+    ("dna_rate", ""),
+    ("dropout_rate", ""),
+    ("early_dropout_rate", ""),
+    ("recovery_rate", PAIR_LABEL),
+    ("reliable_recovery_rate", PAIR_LABEL),
+    ("reliable_improvement_rate", PAIR_LABEL),
+    ("reliable_deterioration_rate", PAIR_LABEL),
+    ("paired_share_finished", PAIR_LABEL),
+    ("paired_share_finished", ""),
+    ("sessions_with_symptom_measure", ""),
+    ("sessions_with_alliance_measure", ""),
+    ("median_days_between_measures", ""),
+)
+NOT_RATES = ("median_days_between_measures",)
+EQUITY_KPIS: tuple[tuple[str, str], ...] = (
+    ("dropout_rate", ""),
+    ("recovery_rate", PAIR_LABEL),
+    ("reliable_improvement_rate", PAIR_LABEL),
+    ("reliable_deterioration_rate", PAIR_LABEL),
+)
+KPI_LABELS = {
+    "attendance_rate": "Attendance",
+    "dna_rate": "Did not attend (DNA)",
+    "dropout_rate": "Dropout",
+    "early_dropout_rate": "Early dropout",
+    "recovery_rate": "Recovery",
+    "reliable_recovery_rate": "Reliable recovery",
+    "reliable_improvement_rate": "Reliable improvement",
+    "reliable_deterioration_rate": "Reliable deterioration",
+    "paired_share_finished": "Paired scores (finished episodes)",
+    "sessions_with_symptom_measure": "Sessions with a symptom measure",
+    "sessions_with_alliance_measure": "Sessions with an alliance measure",
+    "median_days_between_measures": "Median days between measures",
+    "mean_srs": "Mean SRS",
+    "low_alliance_share": "Low-alliance ratings (SRS)",
+}
+
+RATE_COUNTS = ("events", "non_events")
+
+KPI_SPEC = CellSpec(
+    keys=("clinic_id", "kpi", "instrument", "breakdown", "band", "period", "quantity"),
+    small_counts=RATE_COUNTS,
+    additive=(
+        # clinics add up to the service
+        Additive(
+            by=("kpi", "instrument", "breakdown", "band"), over="clinic_id", total=SERVICE_KEY
+        ),
+        # months add up to the 12-month window; age bands and genders too
+        Additive(by=("clinic_id", "kpi", "instrument", "breakdown"), over="band", total=ALL),
+    ),
+    same_as="quantity",  # the window total is shown in each breakdown
+    rounded=("numerator", "denominator", "n_clients", "n_episodes"),
+    private=RATE_COUNTS,
+)
+
+KPI_MONTHS_SQL = """
+SELECT clinic_id, kpi, coalesce(instrument, '') AS instrument,
+       'month' AS breakdown, strftime(period_start, '%Y-%m') AS band, period_start AS period,
+       numerator, denominator, value, n_clients, n_episodes, target
+FROM marts.clinic_kpis
+WHERE period_type = 'month' AND period_start BETWEEN $start AND $month
+ORDER BY kpi, instrument, clinic_id, period_start
+"""
+
+# The four episode-level KPIs of marts.clinic_kpis (same units: see
+# assets/sql/clinic_kpis_rates.sql) over the 12-month window, by age band and
+# by gender, with the window totals that the monthly cells add up to.
+EQUITY_SQL = """
+WITH eps AS (
+    SELECT k.episode_id, k.client_id, k.clinic_id, k.ended_on, k.finished, k.pair_paired,
+           k.caseness_start, k.dropout, k.recovered, k.reliably_improved, k.reliably_deteriorated,
+           coalesce(nullif(trim(e.age_band), ''), 'not recorded') AS age_band,
+           coalesce(nullif(trim(e.gender), ''), 'not recorded') AS gender
+    FROM marts.clinic_kpis_episodes k
+    JOIN staging.episodes e ON e.episode_id = k.episode_id
+    WHERE k.ended_month BETWEEN $start AND $month
+),
+units AS (
+    SELECT 'dropout_rate' AS kpi, '' AS instrument, *, coalesce(dropout, false)::INTEGER AS num
+    FROM eps WHERE ended_on IS NOT NULL
+    UNION ALL
+    SELECT 'recovery_rate', $pair_label, *, coalesce(recovered, false)::INTEGER
+    FROM eps WHERE finished AND pair_paired AND caseness_start
+    UNION ALL
+    SELECT 'reliable_improvement_rate', $pair_label, *, coalesce(reliably_improved, false)::INTEGER
+    FROM eps WHERE finished AND pair_paired
+    UNION ALL
+    SELECT 'reliable_deterioration_rate', $pair_label, *,
+           coalesce(reliably_deteriorated, false)::INTEGER
+    FROM eps WHERE finished AND pair_paired
+),
+long AS (
+    SELECT kpi, instrument, clinic_id, client_id, episode_id, num,
+           'age_band' AS breakdown, age_band AS band FROM units
+    UNION ALL
+    SELECT kpi, instrument, clinic_id, client_id, episode_id, num,
+           'gender' AS breakdown, gender AS band FROM units
+)
+SELECT CASE WHEN grouping(clinic_id) = 0 THEN clinic_id ELSE $service_key END AS clinic_id,
+       kpi, instrument, breakdown,
+       CASE WHEN grouping(band) = 0 THEN band ELSE '__all__' END AS band,
+       sum(num)::DOUBLE AS numerator,
+       count(*)::DOUBLE AS denominator,
+       sum(num)::DOUBLE / count(*) AS value,
+       count(DISTINCT client_id) AS n_clients,
+       count(DISTINCT episode_id) AS n_episodes
+FROM long
+GROUP BY GROUPING SETS ((kpi, instrument, breakdown, clinic_id, band),
+                        (kpi, instrument, breakdown, band),
+                        (kpi, instrument, breakdown, clinic_id),
+                        (kpi, instrument, breakdown))
+ORDER BY kpi, instrument, breakdown, clinic_id, band
+"""
+
+
+def kpi_cells(con: duckdb.DuckDBPyConnection, period: Period, tables: set[str]) -> Section:
+    """Monthly KPI cells (trends, tiles, completeness) and the equity breakdown."""
+    section = Section("kpis", missing=_needs(tables, "marts.clinic_kpis"))
+    if section.missing:
+        return section
+    params = {
+        "start": period.window_start,
+        "month": period.month,
+        "pair_label": PAIR_LABEL,
+        "service_key": SERVICE_KEY,
+    }
+    months = _df(con, KPI_MONTHS_SQL, params)
+    wanted = set(TREND_KPIS)
+    months = months[
+        [(k, i) in wanted for k, i in zip(months["kpi"], months["instrument"], strict=True)]
+    ]
+    frames = [months]
+    if "marts.clinic_kpis_episodes" in tables:
+        equity = _df(con, EQUITY_SQL, params)
+        totals = equity[(equity["breakdown"] == "age_band") & (equity["band"] == ALL)]
+        frames += [equity, totals.assign(breakdown="month")]
+        section.extra["equity"] = True
+    else:
+        section.extra["equity_missing"] = ["marts.clinic_kpis_episodes"]
+    cells = pd.concat(frames, ignore_index=True)
+    cells["period"] = pd.to_datetime(cells["period"])
+    cells = with_rate_counts(cells, ~cells["kpi"].isin(NOT_RATES))
+    cells["quantity"] = [
+        f"{c}|{k}|{i}|window" if b == ALL else None
+        for c, k, i, b in zip(
+            cells["clinic_id"], cells["kpi"], cells["instrument"], cells["band"], strict=True
+        )
+    ]
+    section.frame = cells
+    return section
+
+
+ALLIANCE_SPEC = CellSpec(
+    keys=("clinic_id", "kpi", "period"),
+    small_counts=RATE_COUNTS,
+    additive=(Additive(by=("kpi", "period"), over="clinic_id", total=SERVICE_KEY),),
+    rounded=("numerator", "denominator", "n_clients"),
+    private=RATE_COUNTS,
+)
+
+ALLIANCE_SQL = """
+WITH clinic AS (
+    SELECT clinic_id, month AS period, administrations, clients AS n_clients, mean_total,
+           low_alliance_administrations AS low, low_alliance_share AS low_share
+    FROM marts.alliance_monthly
+    WHERE level = 'clinic' AND instrument = $srs AND month BETWEEN $start AND $month
+),
+service AS (
+    SELECT $service_key AS clinic_id, date_trunc('month', administered_at)::DATE AS period,
+           count(*) AS administrations, count(DISTINCT client_id) AS n_clients,
+           avg(total) AS mean_total,
+           count(*) FILTER (WHERE low_alliance) AS low,
+           count(*) FILTER (WHERE low_alliance) / nullif(count(low_alliance), 0) AS low_share
+    FROM marts.session_alliance
+    WHERE instrument = $srs
+      AND date_trunc('month', administered_at)::DATE BETWEEN $start AND $month
+    GROUP BY 2
+),
+cells AS (SELECT * FROM clinic UNION ALL SELECT * FROM service)
+SELECT clinic_id, 'mean_srs' AS kpi, period, NULL::DOUBLE AS numerator,
+       administrations::DOUBLE AS denominator, mean_total AS value, n_clients
+FROM cells
+UNION ALL
+SELECT clinic_id, 'low_alliance_share', period, low::DOUBLE, administrations::DOUBLE, low_share,
+       n_clients
+FROM cells
+ORDER BY kpi, clinic_id, period
+"""
+
+
+def alliance_cells(con: duckdb.DuckDBPyConnection, period: Period, tables: set[str]) -> Section:
+    section = Section(
+        "alliance", missing=_needs(tables, "marts.alliance_monthly", "marts.session_alliance")
+    )
+    if section.missing:
+        return section
+    frame = _df(
+        con,
+        ALLIANCE_SQL,
+        {
+            "srs": SRS,
+            "start": period.window_start,
+            "month": period.month,
+            "service_key": SERVICE_KEY,
+        },
+    )
+    frame["period"] = pd.to_datetime(frame["period"])
+    section.frame = with_rate_counts(frame, frame["kpi"] == "low_alliance_share")
+    cutoff = con.execute(
+        "SELECT max(cutoff) FROM staging.instruments WHERE code = ?", [SRS]
+    ).fetchone()
+    section.extra["cutoff"] = cutoff[0] if cutoff else None
+    return section
+
+
+OUTCOME_SPEC = CellSpec(
+    keys=("clinic_id", "instrument", "outcome_class"),
+    additive=(
+        Additive(by=("clinic_id", "instrument"), over="outcome_class", total=ALL),
+        Additive(by=("instrument", "outcome_class"), over="clinic_id", total=SERVICE_KEY),
+    ),
+    rounded=("n_episodes", "n_clients"),
+)
+OUTCOME_CLASSES = {
+    "reliably_improved": "Reliably improved",
+    "no_reliable_change": "No reliable change",
+    "reliably_deteriorated": "Reliably deteriorated",
+    "not_paired": "Not paired (one score)",
+    "no_threshold": "No reliable-change threshold",
+}
+OUTCOME_SQL = """
+WITH eps AS (
+    SELECT o.episode_id, o.instrument, coalesce(o.outcome_class, 'no_threshold') AS outcome_class,
+           k.client_id, k.clinic_id
+    FROM marts.episode_outcomes o
+    JOIN marts.clinic_kpis_episodes k ON k.episode_id = o.episode_id
+    WHERE k.finished AND k.ended_month BETWEEN $start AND $month
+)
+SELECT CASE WHEN grouping(clinic_id) = 0 THEN clinic_id ELSE $service_key END AS clinic_id,
+       instrument,
+       CASE WHEN grouping(outcome_class) = 0 THEN outcome_class ELSE '__all__' END AS outcome_class,
+       count(*) AS n_episodes,
+       count(DISTINCT client_id) AS n_clients
+FROM eps
+GROUP BY GROUPING SETS ((instrument, outcome_class, clinic_id), (instrument, outcome_class),
+                        (instrument, clinic_id), (instrument))
+ORDER BY instrument, clinic_id, outcome_class
+"""
+
+
+def outcome_cells(con: duckdb.DuckDBPyConnection, period: Period, tables: set[str]) -> Section:
+    section = Section(
+        "outcomes", missing=_needs(tables, "marts.episode_outcomes", "marts.clinic_kpis_episodes")
+    )
+    if not section.missing:
+        section.frame = _df(
+            con,
+            OUTCOME_SQL,
+            {"start": period.window_start, "month": period.month, "service_key": SERVICE_KEY},
+        )
+    return section
+
+
+EFFECT_SPEC = CellSpec(
+    keys=("clinic_id", "instrument", "benchmark", "benchmark_source"),
+    rounded=("n_clients", "n_episodes"),
+)
+
+
+def effect_cells(con: duckdb.DuckDBPyConnection, tables: set[str]) -> Section:
+    section = Section("effect_size", missing=_needs(tables, "marts.clinic_kpis"))
+    if not section.missing:
+        section.frame = _df(
+            con,
+            "SELECT clinic_id, instrument, value, ci_low, ci_high, n_clients, n_episodes, "
+            "benchmark, benchmark_source FROM marts.clinic_kpis "
+            "WHERE kpi = 'effect_size_d' AND period_type = 'all' ORDER BY instrument, clinic_id",
+        )
+    return section
+
+
+RETENTION_SPEC = CellSpec(
+    keys=("time_scale", "clinic_id", "time"),
+    clients="n_clients_at_risk",
+    small_counts=("cum_events",),
+    additive=(Additive(by=("time_scale", "time"), over="clinic_id", total=SERVICE_KEY),),
+    cumulative=(
+        Cumulative(
+            by=("time_scale", "clinic_id"), order="time", counts=("n_at_risk", "cum_events")
+        ),
+    ),
+    rounded=("n_at_risk", "n_clients_at_risk"),
+    private=("cum_events",),
+)
+
+
+def retention_cells(con: duckdb.DuckDBPyConnection, tables: set[str]) -> Section:
+    section = Section("retention", missing=_needs(tables, "marts.retention_curve"))
+    if not section.missing:
+        section.frame = _df(
+            con,
+            "SELECT time_scale, clinic_id, time, n_at_risk, survival, ci_lower, ci_upper, "
+            "n_clients_at_risk, sum(n_events) OVER (PARTITION BY time_scale, clinic_id "
+            "ORDER BY time) AS cum_events FROM marts.retention_curve "
+            "WHERE time_scale = 'sessions' ORDER BY clinic_id, time",
+        )
+    return section
+
+
+DOSE_SPEC = CellSpec(
+    keys=("instrument", "clinic_id", "session_number"),
+    small_counts=RATE_COUNTS,
+    additive=(Additive(by=("instrument", "session_number"), over="clinic_id", total=SERVICE_KEY),),
+    cumulative=(
+        Cumulative(by=("instrument", "clinic_id"), order="session_number", counts=("numerator",)),
+    ),
+    rounded=("numerator", "denominator", "n_clients"),
+    private=RATE_COUNTS,
+)
+
+
+def dose_cells(con: duckdb.DuckDBPyConnection, tables: set[str]) -> Section:
+    section = Section("dose_response", missing=_needs(tables, "marts.dose_response"))
+    if not section.missing:
+        section.frame = _df(
+            con,
+            "SELECT instrument, clinic_id, session_number, numerator, denominator, value, "
+            "n_clients FROM marts.dose_response ORDER BY instrument, clinic_id, session_number",
+        )
+        section.frame = with_rate_counts(section.frame)
+    return section
+
+
+CLINICIAN_SPEC = CellSpec(
+    keys=("instrument", "clinic_id", "clinician_id"),
+    # the service line of the funnel is the total: residuals add up to zero
+    additive=(Additive(by=("instrument",), over="clinician_id", total=SERVICE_KEY),),
+    rounded=("n_episodes", "n_clients"),
+)
+CLINICIAN_SQL = """
+WITH reference AS (
+    SELECT instrument, count(DISTINCT client_id) AS n_clients, count(*) AS n_episodes
+    FROM ($reference) GROUP BY instrument
+)
+SELECT instrument, clinic_id, clinician_id, n_episodes, n_clients, saes, saes_ci_low,
+       saes_ci_high, NULL::DOUBLE AS unit_se
+FROM marts.clinician_adjusted_outcomes
+UNION ALL
+SELECT a.instrument, '__service__', '__service__', any_value(r.n_episodes), any_value(r.n_clients),
+       any_value(a.service_saes), NULL, NULL,
+       any_value(a.residual_sd / nullif(a.reference_sd_baseline, 0))
+FROM marts.clinician_adjusted_outcomes a
+JOIN reference r ON r.instrument = a.instrument
+GROUP BY a.instrument
+ORDER BY 1, 2, 3
+"""
+
+
+def clinician_cells(con: duckdb.DuckDBPyConnection, tables: set[str]) -> Section:
+    section = Section(
+        "clinicians",
+        missing=_needs(tables, "marts.clinician_adjusted_outcomes", "marts.clinic_kpis_episodes"),
+    )
+    if not section.missing:
+        reference = load_sql("clinician_summary_reference").strip().rstrip(";")
+        section.frame = _df(con, CLINICIAN_SQL.replace("$reference", reference))
+    return section
+
+
+ALERT_SPEC = CellSpec(
+    keys=("clinic_id", "alert_type", "period"),
+    additive=(Additive(by=("alert_type", "period"), over="clinic_id", total=SERVICE_KEY),),
+    rounded=("alerts", "n_clients"),
+)
+ALERT_TYPES = {
+    "risk_item": "Risk item at or above threshold",
+    "reliable_deterioration": "Reliable deterioration",
+    "not_on_track": "Not on track (expected response)",
+    "low_alliance": "Low alliance (SRS)",
+    "disengaged": "Disengaged",
+}
+ALERT_SQL = """
+WITH a AS (
+    SELECT a.alert_type, a.client_id, e.clinic_id, a.raised_at::DATE AS day
+    FROM marts.alerts a JOIN staging.episodes e ON e.episode_id = a.episode_id
+),
+p AS (
+    SELECT *, 'month' AS period FROM a WHERE day BETWEEN $month AND $month_end
+    UNION ALL
+    SELECT *, 'window' AS period FROM a WHERE day BETWEEN $start AND $month_end
+)
+SELECT CASE WHEN grouping(clinic_id) = 0 THEN clinic_id ELSE $service_key END AS clinic_id,
+       alert_type, period, count(*) AS alerts, count(DISTINCT client_id) AS n_clients
+FROM p
+GROUP BY GROUPING SETS ((alert_type, period, clinic_id), (alert_type, period))
+ORDER BY alert_type, period, clinic_id
+"""
+
+
+def alert_cells(con: duckdb.DuckDBPyConnection, period: Period, tables: set[str]) -> Section:
+    section = Section("alerts", missing=_needs(tables, "marts.alerts"))
+    if not section.missing:
+        section.frame = _df(
+            con,
+            ALERT_SQL,
+            {
+                "month": period.month,
+                "month_end": period.month_end,
+                "start": period.window_start,
+                "service_key": SERVICE_KEY,
+            },
+        )
+    return section
+
+
+BACKTEST_SPEC = CellSpec(
+    keys=("instrument", "by_session", "rule", "measure"),
+    small_counts=RATE_COUNTS,
+    additive=(Additive(by=("by_session", "rule", "measure"), over="instrument", total="all"),),
+    rounded=("numerator", "denominator", "n_clients"),
+    private=RATE_COUNTS,
+)
+BACKTEST_SQL = """
+WITH clients AS (
+    SELECT CASE WHEN grouping(instrument) = 0 THEN instrument ELSE 'all' END AS instrument,
+           by_session, outcome_group, count(DISTINCT client_id) AS n_clients
+    FROM marts.etr_backtest_episodes
+    GROUP BY GROUPING SETS ((instrument, by_session, outcome_group), (by_session, outcome_group))
+)
+SELECT b.instrument, b.by_session, b.rule, 'sensitivity' AS measure,
+       b.positives_flagged::DOUBLE AS numerator, b.positives::DOUBLE AS denominator,
+       b.sensitivity AS value, coalesce(c.n_clients, 0) AS n_clients
+FROM marts.etr_backtest b
+LEFT JOIN clients c ON c.instrument = b.instrument AND c.by_session = b.by_session
+     AND c.outcome_group = 'deteriorated_or_not_improved'
+UNION ALL
+SELECT b.instrument, b.by_session, b.rule, 'false_alarm_rate',
+       b.negatives_flagged::DOUBLE, b.negatives::DOUBLE, b.false_alarm_rate,
+       coalesce(c.n_clients, 0)
+FROM marts.etr_backtest b
+LEFT JOIN clients c ON c.instrument = b.instrument AND c.by_session = b.by_session
+     AND c.outcome_group = 'improved'
+ORDER BY 1, 2, 3, 4
+"""
+
+
+def backtest_cells(con: duckdb.DuckDBPyConnection, tables: set[str]) -> Section:
+    section = Section(
+        "backtest", missing=_needs(tables, "marts.etr_backtest", "marts.etr_backtest_episodes")
+    )
+    if not section.missing:
+        section.frame = with_rate_counts(_df(con, BACKTEST_SQL))
+    return section
+
+
+SPECS: dict[str, CellSpec] = {
+    "kpis": KPI_SPEC,
+    "alliance": ALLIANCE_SPEC,
+    "outcomes": OUTCOME_SPEC,
+    "effect_size": EFFECT_SPEC,
+    "retention": RETENTION_SPEC,
+    "dose_response": DOSE_SPEC,
+    "clinicians": CLINICIAN_SPEC,
+    "alerts": ALERT_SPEC,
+    "backtest": BACKTEST_SPEC,
+}
+
+
+def raw_qi_sections(con: duckdb.DuckDBPyConnection, period: Period) -> dict[str, Section]:
+    """Every QI section as queried from the marts, NOT yet suppressed (tests and
+    ``qi_sections`` only: nothing published may use these frames)."""
+    tables = existing_tables(con)
+    sections = [
+        kpi_cells(con, period, tables),
+        alliance_cells(con, period, tables),
+        outcome_cells(con, period, tables),
+        effect_cells(con, tables),
+        retention_cells(con, tables),
+        dose_cells(con, tables),
+        clinician_cells(con, tables),
+        alert_cells(con, period, tables),
+        backtest_cells(con, tables),
+    ]
+    for section in sections:
+        if section.frame is not None:
+            section.frame = _nulls(section.frame)
+    return {s.name: s for s in sections}
+
+
+def qi_sections(
+    con: duckdb.DuckDBPyConnection, settings: Settings, period: Period
+) -> dict[str, Section]:
+    """Every QI section, published: each frame has been through ``suppress`` once."""
+    sections = raw_qi_sections(con, period)
+    for section in sections.values():
+        if section.frame is not None:
+            section.frame = suppress(
+                section.frame, SPECS[section.name], settings.min_cell_size, settings.round_counts_to
+            )
+    return sections
+
+
+# --------------------------------------------------------------------------
+# HTML
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _pct(value: Any, digits: int = 1) -> str:
+    number = figures._num(value)
+    return "–" if number is None else f"{100 * number:.{digits}f}%"
+
+
+def _count(value: Any) -> str:
+    number = figures._num(value)
+    return "–" if number is None else f"{number:,.0f}"
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    number = figures._num(value)
+    return "–" if number is None else f"{number:.{digits}f}"
+
+
+class Page:
+    """Accumulates the HTML of one page; figures share the page's one plotly.js."""
+
+    def __init__(self, slug: str, title: str = "", nav: str = ""):
+        self.slug = re.sub(r"[^A-Za-z0-9_-]", "-", slug)
+        self.title = title
+        self.nav = nav
+        self.parts: list[str] = []
+        self.figures: dict[str, go.Figure] = {}
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def figure(self, fig: go.Figure, name: str) -> str:
+        div_id = f"fig-{self.slug}-{len(self.figures) + 1}"
+        self.figures[name] = fig
+        return pio.to_html(
+            fig,
+            include_plotlyjs=False,
+            full_html=False,
+            div_id=div_id,
+            config=PLOTLY_CONFIG,
+            validate=False,
+        )
+
+    def body(self) -> str:
+        return "\n".join(self.parts)
+
+
+def message(text: str) -> str:
+    return f'<div class="message">{_esc(text)}</div>'
+
+
+def section(title: str, lead: str, content: str, anchor: str) -> str:
+    return (
+        f'<section id="{anchor}"><h2>{_esc(title)}</h2>'
+        f'<p class="lead">{lead}</p>{content}</section>'
+    )
+
+
+def add_unavailable(page: "Page", sec: Section, title: str, lead: str, anchor: str) -> bool:
+    """Add the section's 'not available' box when its mart is missing; True if added."""
+    if sec.frame is not None:
+        return False
+    page.add(section(title, lead, not_available(sec), anchor))
+    return True
+
+
+def not_available(sec: Section) -> str:
+    return message(
+        "Not available: " + ", ".join(sec.missing) + " has not been built in this warehouse yet."
+    )
+
+
+def render_page(*, title: str, subtitle: str, nav: str, body: str, footer: str, run_id: str) -> str:
+    """A complete page: the template, the stylesheet and plotly.js inlined once."""
+    template = Template((TEMPLATES / "page.html").read_text(encoding="utf-8"))
+    return template.substitute(
+        title=_esc(title),
+        subtitle=subtitle,
+        nav=nav,
+        body=body,
+        footer=footer,
+        run_id=_esc(run_id),
+        style=(TEMPLATES / "style.css").read_text(encoding="utf-8"),
+        plotlyjs=plotly_js(),
+    )
+
+
+_PLOTLY_JS: str | None = None
+
+
+def plotly_js() -> str:
+    global _PLOTLY_JS
+    if _PLOTLY_JS is None:
+        # "</script" cannot occur inside an inline script element
+        _PLOTLY_JS = plotly.offline.get_plotlyjs().replace("</script", "<\\/script")
+    return _PLOTLY_JS
+
+
+# --------------------------------------------------------------------------
+# QI report pages
+
+
+@dataclass(frozen=True)
+class Tile:
+    kpi: str
+    instrument: str
+    label: str
+    higher_is_better: bool
+    section: str = "kpis"
+    percent: bool = True
+
+
+TILES = (
+    Tile("attendance_rate", "", "Attendance", True),
+    Tile("dna_rate", "", "Did not attend (DNA)", False),
+    Tile("dropout_rate", "", "Dropout (episodes that ended)", False),
+    Tile("recovery_rate", PAIR_LABEL, f"Recovery ({PAIR_LABEL})", True),
+    Tile("reliable_improvement_rate", PAIR_LABEL, f"Reliable improvement ({PAIR_LABEL})", True),
+    Tile(
+        "reliable_deterioration_rate", PAIR_LABEL, f"Reliable deterioration ({PAIR_LABEL})", False
+    ),
+    Tile("paired_share_finished", PAIR_LABEL, f"Paired scores ({PAIR_LABEL})", True),
+    Tile("mean_srs", "", "Mean SRS", True, "alliance", percent=False),
+    Tile("low_alliance_share", "", "Low-alliance ratings (SRS)", False, "alliance"),
+)
+
+
+def _cell(frame: pd.DataFrame, **where: Any) -> pd.Series | None:
+    rows = frame
+    for column, value in where.items():
+        rows = rows[rows[column] == value]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _tile_html(tile: Tile, sections: Mapping[str, Section], clinic: str, period: Period) -> str:
+    sec = sections[tile.section]
+    label = f'<div class="label">{_esc(tile.label)}</div>'
+    if sec.frame is None:
+        return f'<div class="tile">{label}<div class="value nodata">not available</div></div>'
+    frame = sec.frame[sec.frame["clinic_id"] == clinic]
+    where: dict[str, Any] = {"kpi": tile.kpi}
+    if tile.section == "kpis":
+        where |= {"instrument": tile.instrument, "breakdown": "month"}
+    now = _cell(frame, period=pd.Timestamp(period.month), **where)
+    before = _cell(frame, period=pd.Timestamp(period.previous), **where)
+    show = _pct if tile.percent else (lambda v: _fmt(v, 1))
+    k = sec.frame.attrs.get("min_cell_size")
+    if now is None:
+        value = '<div class="value nodata">no data this month</div>'
+    elif now[SUPPRESSED]:
+        value = f'<div class="value suppressed">suppressed (fewer than {k} clients)</div>'
+    else:
+        value = f'<div class="value">{show(now["value"])}</div>'
+    change = ""
+    if now is not None and not now[SUPPRESSED]:
+        if before is None:
+            change = f'<div class="change">no data for {period.previous:%b %Y}</div>'
+        elif before[SUPPRESSED]:
+            change = f'<div class="change">{period.previous:%b %Y} suppressed</div>'
+        else:
+            a, b = figures._num(now["value"]), figures._num(before["value"])
+            if a is not None and b is not None:
+                diff = a - b
+                better = (diff > 0) == tile.higher_is_better
+                cls = "" if abs(diff) < 1e-12 else ("better" if better else "worse")
+                unit = " pp" if tile.percent else ""
+                amount = 100 * diff if tile.percent else diff
+                change = (
+                    f'<div class="change {cls}">{amount:+.1f}{unit} '
+                    f"vs {period.previous:%b %Y}</div>"
+                )
+    n = ""
+    if now is not None and not now[SUPPRESSED]:
+        n = f'<div class="n">n = {_count(now["denominator"])}</div>'
+    year = ""
+    if tile.section == "kpis":
+        window = _cell(frame, kpi=tile.kpi, instrument=tile.instrument, breakdown="month", band=ALL)
+        if window is not None:
+            shown = (
+                "suppressed"
+                if window[SUPPRESSED]
+                else (f"{show(window['value'])} (n = {_count(window['denominator'])})")
+            )
+            year = f'<div class="n">12 months: {shown}</div>'
+    return f'<div class="tile">{label}{value}{change}{n}{year}</div>'
+
+
+def _month_frame(sec: Section, clinic: str, pairs: Iterable[tuple[str, str]]) -> pd.DataFrame:
+    frame = sec.frame
+    keep = set(pairs)
+    wanted = pd.Series(
+        [(k, i) in keep for k, i in zip(frame["kpi"], frame["instrument"], strict=True)],
+        index=frame.index,
+        dtype=bool,
+    )
+    rows = frame[
+        (frame["clinic_id"] == clinic)
+        & (frame["breakdown"] == "month")
+        & (frame["band"] != ALL)
+        & wanted
+    ]
+    return rows.assign(
+        series=[f"{k}|{i}" for k, i in zip(rows["kpi"], rows["instrument"], strict=True)]
+    )
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {
+        f"{k}|{i}": KPI_LABELS[k] + (f" ({i})" if i and i != PAIR_LABEL else "") for k, i in pairs
+    }
+
+
+def chart(
+    page: Page,
+    frame: pd.DataFrame,
+    build: Callable[[pd.DataFrame], go.Figure],
+    name: str,
+    title: str | None = None,
+    empty: str = "No data in this window.",
+) -> str:
+    """A figure from a published frame, or a message when there is nothing to draw:
+    no rows, or every cell suppressed."""
+    head = f"<h3>{_esc(title)}</h3>" if title else ""
+    if frame is None or frame.empty:
+        return head + message(empty)
+    if frame[SUPPRESSED].all():
+        k = frame.attrs.get("min_cell_size")
+        return head + message(
+            f"Suppressed: every value here rests on fewer than {k} clients "
+            "(or would let a suppressed value be recovered)."
+        )
+    return head + page.figure(build(frame), name)
+
+
+def _kpi_sections(page: Page, sections: Mapping[str, Section], clinic: str, period: Period) -> None:
+    kpis = sections["kpis"]
+    tiles = "".join(_tile_html(t, sections, clinic, period) for t in TILES)
+    page.add(
+        section(
+            f"Headline KPIs, {period.label()}",
+            f"Each tile: the value for {period.label()}, the change against "
+            f"{period.label(period.previous)} (pp = percentage points) and n, the denominator. "
+            f"Recovery and reliable change follow NHS Talking Therapies ({PAIR_LABEL} together, "
+            "finished episodes).",
+            f'<div class="tiles">{tiles}</div>',
+            "kpis",
+        )
+    )
+    charts = [] if kpis.frame is not None else [not_available(kpis)]
+    groups = [
+        ("Attendance and DNA", [("attendance_rate", ""), ("dna_rate", "")]),
+        ("Dropout", [("dropout_rate", ""), ("early_dropout_rate", "")]),
+        (
+            f"Outcomes of finished episodes ({PAIR_LABEL})",
+            [
+                ("recovery_rate", PAIR_LABEL),
+                ("reliable_improvement_rate", PAIR_LABEL),
+                ("reliable_deterioration_rate", PAIR_LABEL),
+            ],
+        ),
+    ]
+    for title, pairs in groups if kpis.frame is not None else []:
+        labels = _labels(pairs)
+        charts.append(
+            chart(
+                page,
+                _month_frame(kpis, clinic, pairs),
+                lambda f, labels=labels: figures.trend_lines(
+                    f, x="period", series="series", labels=labels
+                ),
+                f"trend {title}",
+                title,
+            )
+        )
+    alliance = sections["alliance"]
+    if alliance.frame is None:
+        charts.append("<h3>Alliance (SRS)</h3>" + not_available(alliance))
+    else:
+        charts.append(
+            chart(
+                page,
+                alliance.frame[alliance.frame["clinic_id"] == clinic],
+                lambda f: figures.alliance_trend(f, cutoff=alliance.extra.get("cutoff")),
+                "alliance trend",
+                "Alliance (SRS)",
+                "No SRS ratings in this window.",
+            )
+        )
+    page.add(
+        section(
+            "Monthly trends",
+            f"{period.window_label()}. Attendance and DNA count held or missed appointments in "
+            "the month; dropout and outcomes count episodes in the month they ended. A gap in a "
+            "line is a suppressed month.",
+            "".join(charts),
+            "trends",
+        )
+    )
+
+
+def _outcome_section(page: Page, sec: Section, clinic: str, period: Period) -> None:
+    title = "Outcome categories per instrument"
+    lead = (
+        f"Finished episodes that ended {period.window_label()}, by their reliable-change class on "
+        "each symptom instrument (baseline vs last score; thresholds in the methods box)."
+    )
+    if add_unavailable(page, sec, title, lead, "outcomes"):
+        return
+    content = chart(
+        page,
+        sec.frame[sec.frame["clinic_id"] == clinic],
+        lambda f: figures.outcome_categories(f, categories=OUTCOME_CLASSES),
+        "outcome categories",
+        empty="No finished episodes with scores in this window.",
+    )
+    page.add(section(title, lead, content, "outcomes"))
+
+
+def _effect_section(page: Page, sec: Section, clinic: str) -> None:
+    title = "Effect size against the benchmark"
+    lead = (
+        "Pre-post effect size d = mean improvement / SD of baseline, finished episodes with paired "
+        "scores, all time to the data cut date, with its 95% CI; the diamond is the published "
+        "benchmark where one exists."
+    )
+    if add_unavailable(page, sec, title, lead, "effect"):
+        return
+    frame = sec.frame
+    rows = frame[frame["clinic_id"] == clinic]
+    if clinic != SERVICE_KEY:
+        service = frame[frame["clinic_id"] == SERVICE_KEY]
+        rows = pd.concat(
+            [
+                rows.assign(label=rows["instrument"] + " (this clinic)"),
+                service.assign(label=service["instrument"] + " (service)"),
+            ]
+        ).sort_values(["instrument", "label"])
+    else:
+        rows = rows.assign(label=rows["instrument"])
+    rows.attrs = frame.attrs
+    content = chart(
+        page,
+        rows,
+        lambda f: figures.effect_size_forest(f, label="label", benchmark_label="Benchmark"),
+        "effect size",
+        empty="No finished episodes with paired scores yet.",
+    )
+    sources = sorted({s for s in frame["benchmark_source"].dropna() if s})
+    content += "".join(f'<p class="lead">Benchmark: {_esc(s)}</p>' for s in sources)
+    page.add(section(title, lead, content, "effect"))
+
+
+def _retention_section(page: Page, sec: Section, clinic: str) -> None:
+    lead = (
+        "Kaplan-Meier share of episodes still attending after each number of attended sessions "
+        "(event: dropout or disengagement; open or otherwise ended episodes are censored), all "
+        "time, with its 95% band. Points resting on too few clients, or whose step from the last "
+        "shown point would, are left out."
+    )
+    if add_unavailable(page, sec, "Retention", lead, "retention"):
+        return
+    frame = sec.frame
+    keys = [SERVICE_KEY] if clinic == SERVICE_KEY else [clinic, SERVICE_KEY]
+    rows = frame[frame["clinic_id"].isin(keys)]
+    rows = rows.assign(
+        label=["Service" if c == SERVICE_KEY else "This clinic" for c in rows["clinic_id"]]
+    )
+    content = chart(
+        page,
+        rows,
+        lambda f: figures.retention_curve(f, series="label"),
+        "retention",
+        empty="No episode has attended a session yet.",
+    )
+    page.add(section("Retention", lead, content, "retention"))
+
+
+def _dose_section(page: Page, sec: Section, clinic: str) -> None:
+    lead = (
+        "Cumulative share of finished, paired episodes that had reached reliable improvement by "
+        "each attended session number, per symptom instrument, all time."
+    )
+    if add_unavailable(page, sec, "Dose-response", lead, "dose"):
+        return
+    content = chart(
+        page,
+        sec.frame[sec.frame["clinic_id"] == clinic],
+        figures.dose_response,
+        "dose response",
+        empty="No finished episodes with paired scores yet.",
+    )
+    page.add(section("Dose-response", lead, content, "dose"))
+
+
+def _completeness_section(page: Page, sec: Section, clinic: str, period: Period) -> None:
+    lead = (
+        f"{period.window_label()}. Share of finished episodes with paired scores against the "
+        f"NHS Talking Therapies aim of {PAIRED_SHARE_AIM:.0%}, share of attended sessions with a "
+        "measure, and the median days between administrations of the same instrument."
+    )
+    if add_unavailable(page, sec, "Measurement completeness", lead, "completeness"):
+        return
+    paired = [("paired_share_finished", PAIR_LABEL), ("paired_share_finished", "")]
+    labels = {
+        f"paired_share_finished|{PAIR_LABEL}": f"Paired {PAIR_LABEL}",
+        "paired_share_finished|": "Paired on any symptom measure",
+    }
+    parts = [
+        chart(
+            page,
+            _month_frame(sec, clinic, paired),
+            lambda f: figures.trend_lines(
+                f,
+                x="period",
+                series="series",
+                labels=labels,
+                target=PAIRED_SHARE_AIM,
+                target_label=f"Aim {PAIRED_SHARE_AIM:.0%}",
+            ),
+            "paired share",
+            "Finished episodes with paired scores",
+            "No finished episodes in this window.",
+        )
+    ]
+    sessions = [("sessions_with_symptom_measure", ""), ("sessions_with_alliance_measure", "")]
+    parts.append(
+        chart(
+            page,
+            _month_frame(sec, clinic, sessions),
+            lambda f: figures.trend_lines(f, x="period", series="series", labels=_labels(sessions)),
+            "sessions measured",
+            "Attended sessions with a measure",
+            "No attended sessions in this window.",
+        )
+    )
+    gap = _month_frame(sec, clinic, [("median_days_between_measures", "")])
+    now = _cell(gap, period=pd.Timestamp(period.month))
+    if now is not None:
+        text = (
+            f"suppressed (fewer than {sec.frame.attrs.get('min_cell_size')} clients)"
+            if now[SUPPRESSED]
+            else f"{_fmt(now['value'], 1)} days"
+        )
+        parts.append(
+            f"<p>Median days between administrations of the same instrument, "
+            f"{period.label()}: <strong>{_esc(text)}</strong></p>"
+        )
+    page.add(section("Measurement completeness", lead, "".join(parts), "completeness"))
+
+
+def _clinician_section(page: Page, sec: Section, clinic: str) -> None:
+    title = "Clinician comparison (funnel plot)"
+    lead = (
+        "Severity-adjusted effect size (change beyond what the baseline predicts, ACORN style) of "
+        "each clinician's finished, paired episodes that started at caseness, all time, against "
+        "the number of such episodes, inside funnel limits around the service value. Not a "
+        "league table: points inside the funnel are consistent with the service; clinicians "
+        "with too few clients are left out."
+    )
+    if add_unavailable(page, sec, title, lead, "clinicians"):
+        return
+    parts = []
+    for instrument, rows in sec.frame.groupby("instrument", sort=True):
+        service = _cell(rows, clinician_id=SERVICE_KEY)
+        people = rows[rows["clinician_id"] != SERVICE_KEY]
+        if clinic != SERVICE_KEY:
+            people = people[people["clinic_id"] == clinic]
+        people.attrs = sec.frame.attrs
+        shown = service is not None and not service[SUPPRESSED]
+        parts.append(
+            chart(
+                page,
+                people,
+                lambda f, service=service, shown=shown: figures.clinician_funnel(
+                    f,
+                    service_value=figures._num(service["saes"]) if shown else None,
+                    unit_se=figures._num(service["unit_se"]) if shown else None,
+                ),
+                f"funnel {instrument}",
+                str(instrument),
+                "No clinician here has finished, paired episodes on this instrument.",
+            )
+        )
+    content = "".join(parts) or message("No clinician has finished, paired episodes yet.")
+    page.add(section(title, lead, content, "clinicians"))
+
+
+def _equity_section(page: Page, sec: Section, clinic: str, period: Period) -> None:
+    lead = (
+        f"Episodes that ended {period.window_label()}: dropout, and the {PAIR_LABEL} outcomes of "
+        "finished episodes, by age band and by gender ('All' is the whole group)."
+    )
+    if sec.frame is None or not sec.extra.get("equity"):
+        missing = sec.missing or sec.extra.get("equity_missing", [])
+        page.add(
+            section("Equity", lead, not_available(Section("equity", missing=missing)), "equity")
+        )
+        return
+    frame = sec.frame
+    parts = []
+    for breakdown, title in (("age_band", "By age band"), ("gender", "By gender")):
+        rows = frame[(frame["clinic_id"] == clinic) & (frame["breakdown"] == breakdown)]
+        rows = rows.assign(
+            series=[f"{k}|{i}" for k, i in zip(rows["kpi"], rows["instrument"], strict=True)],
+            category=["All" if b == ALL else b for b in rows["band"]],
+        )
+        bands = ["All", *sorted(b for b in rows["category"].unique() if b != "All")]
+        parts.append(
+            chart(
+                page,
+                rows,
+                lambda f, bands=bands: figures.grouped_bars(
+                    f, x="category", series="series", labels=_labels(EQUITY_KPIS), x_order=bands
+                ),
+                f"equity {breakdown}",
+                title,
+                "No episodes ended in this window.",
+            )
+        )
+    page.add(section("Equity", lead, "".join(parts), "equity"))
+
+
+def _alerts_section(
+    page: Page, sec: Section, backtest: Section, clinic: str, period: Period
+) -> None:
+    lead = (
+        f"Alerts raised in {period.label()} and in the 12 months {period.window_label()}, by type "
+        "(marts.alerts; pseudonymous detail is in the clinician caseload pages)."
+    )
+    if add_unavailable(page, sec, "Alerts", lead, "alerts"):
+        return
+    rows = sec.frame[sec.frame["clinic_id"] == clinic]
+    rows = rows.assign(type=[ALERT_TYPES.get(t, t) for t in rows["alert_type"]])
+    parts = [
+        chart(
+            page,
+            rows,
+            lambda f: figures.grouped_bars(
+                f,
+                x="type",
+                series="period",
+                y="alerts",
+                percent=False,
+                horizontal=True,
+                labels={"month": period.label(), "window": "12 months"},
+                y_title="Alerts",
+                height=140 + 50 * f["type"].nunique(),
+            ),
+            "alerts",
+            empty="No alerts in this window.",
+        )
+    ]
+    if clinic == SERVICE_KEY:
+        parts.append(_backtest_html(page, backtest))
+    page.add(section("Alerts", lead, "".join(parts), "alerts"))
+
+
+RULE_LABELS = {
+    "not_on_track": "Not on track",
+    "reliable_deterioration": "Reliable deterioration so far",
+}
+
+
+def _backtest_html(page: Page, sec: Section) -> str:
+    title = "Not-on-track alert on the clinic's own history"
+    lead = (
+        '<p class="lead">Ended, paired episodes, all symptom instruments. Sensitivity: share of '
+        "episodes that ended reliably deteriorated or without reliable change that the rule had "
+        "flagged by the session shown; false-alarm rate: share of episodes that ended reliably "
+        "improved that it had flagged.</p>"
+    )
+    if sec.frame is None:
+        return f"<h3>{_esc(title)}</h3>" + not_available(sec)
+    rows = sec.frame[sec.frame["instrument"] == "all"]
+    rows = rows.assign(
+        test=[
+            f"{RULE_LABELS.get(r, r)}, by session {s}"
+            for r, s in zip(rows["rule"], rows["by_session"], strict=True)
+        ]
+    )
+    return (
+        f"<h3>{_esc(title)}</h3>"
+        + lead
+        + chart(
+            page,
+            rows,
+            lambda f: figures.grouped_bars(
+                f,
+                x="test",
+                series="measure",
+                labels={"sensitivity": "Sensitivity", "false_alarm_rate": "False-alarm rate"},
+            ),
+            "backtest",
+            empty="No ended episode has a score after session 4 yet.",
+        )
+    )
+
+
+def _methods_html(
+    con: duckdb.DuckDBPyConnection, settings: Settings, period: Period, run: dict
+) -> str:
+    instruments = con.execute(
+        "SELECT code, construct, direction, cutoff, rc_threshold, rc_strict, risk_item, "
+        "risk_threshold FROM staging.instruments ORDER BY construct DESC, code"
+    ).fetchall()
+    rows = []
+    for code, construct, direction, cutoff, rc, strict, risk, risk_t in instruments:
+        worse = direction == "higher_worse"
+        case = "–" if cutoff is None else f"{'&ge;' if worse else '&lt;'} {cutoff:g}"
+        change = "–" if rc is None else f"{'&gt;' if strict else '&ge;'} {rc:.3g} points"
+        risk_text = "–" if risk is None else f"item {risk} &ge; {risk_t:g}"
+        rows.append(
+            f"<tr><td>{_esc(code)}</td><td>{_esc(construct)}</td>"
+            f"<td>{'higher is worse' if worse else 'higher is better'}</td>"
+            f"<td>{case}</td><td>{change}</td><td>{risk_text}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>Instrument</th><th>Construct</th><th>Direction</th>"
+        "<th>Caseness (clinical cutoff)</th><th>Reliable change</th><th>Risk item</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+    k = settings.min_cell_size
+    rounding = (
+        f"Published counts are rounded to the nearest {settings.round_counts_to}."
+        if settings.round_counts_to
+        else "Counts are not rounded (round_counts_to is not set)."
+    )
+    definitions = {
+        "Attendance rate": "attended / (attended + no-show + late cancellation); cancellations "
+        "made in advance are not missed appointments. DNA rate: no-shows over the same "
+        "denominator.",
+        "Dropout": "episodes that ended in the month with end reason dropout, or disengaged "
+        f"(no attended session for {settings.disengaged_after_days} days and none booked), over "
+        f"all episodes that ended; early dropout: at most {settings.early_dropout_max_attended} "
+        "sessions attended.",
+        "Finished episode": "ended with at least 2 attended sessions that were not assessments "
+        "(NHS Talking Therapies).",
+        f"Recovery ({PAIR_LABEL})": "at caseness on either measure at the first paired "
+        "administration and on neither at the last, over finished episodes at caseness at start.",
+        "Reliable improvement / deterioration": "reliable decrease on at least one measure and "
+        "reliable increase on neither / reliable increase on at least one, over finished "
+        "episodes with paired scores.",
+        "Effect size d": "mean improvement / SD of baseline scores, finished paired episodes; "
+        "95% CI from the large-sample variance of a standardized mean change.",
+        "Severity-adjusted effect size": "improvement regressed on baseline across the service; "
+        "a clinician's value is (service mean improvement + mean residual) / SD of baseline, "
+        "with funnel limits from the pooled residual SD.",
+        "Alerts": "risk item at or above threshold; first reliable deterioration; SRS below the "
+        "cutoff; disengaged episodes; not on track against the expected trajectory.",
+    }
+    defs = "".join(f"<dt>{_esc(t)}</dt><dd>{_esc(d)}</dd>" for t, d in definitions.items())
+    return (
+        '<div class="methods"><dl>'
+        f"<dt>Reporting period</dt><dd>{_esc(period.label())}; "
+        f"trends {_esc(period.window_label())}</dd>"
+        f"<dt>Data cut date</dt><dd>{_esc(run.get('as_of'))} ({_esc(run.get('as_of_source'))})</dd>"
+        f"<dt>Run id</dt><dd>{_esc(run.get('run_id'))}</dd>"
+        f"<dt>Small cells</dt><dd>Any count, rate or mean resting on fewer than {k} distinct "
+        f"clients is shown as suppressed, and so is a rate whose numerator, or denominator "
+        f"minus numerator, is between 1 and {k - 1} (both follow from the rate and its n). "
+        "Further cells are suppressed so that no suppressed value can be recovered from a "
+        "total by subtraction, and a cumulative curve only shows steps of at least "
+        f"{k}. {_esc(rounding)}</dd>"
+        f"{defs}</dl>"
+        f"<h3>Thresholds used (instrument registry)</h3>{table}</div>"
+    )
+
+
+def run_info(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    row = con.execute("SELECT run_id, as_of, as_of_source FROM staging.run_info").fetchone()
+    if row is None:
+        raise ValueError("staging.run_info is empty: run the ingest first")
+    return {"run_id": row[0], "as_of": row[1], "as_of_source": row[2]}
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(value))
+
+
+def _clinics(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT clinic_id FROM staging.episodes ORDER BY 1"
+        ).fetchall()
+    ]
+
+
+def qi_page(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    sections: Mapping[str, Section],
+    period: Period,
+    run: dict[str, Any],
+    clinic: str,
+    clinics: list[str],
+) -> Page:
+    """The page of the whole service (clinic = SERVICE_KEY) or of one clinic."""
+    page = Page("service" if clinic == SERVICE_KEY else f"clinic-{clinic}")
+    _kpi_sections(page, sections, clinic, period)
+    _outcome_section(page, sections["outcomes"], clinic, period)
+    _effect_section(page, sections["effect_size"], clinic)
+    _retention_section(page, sections["retention"], clinic)
+    _dose_section(page, sections["dose_response"], clinic)
+    _completeness_section(page, sections["kpis"], clinic, period)
+    _clinician_section(page, sections["clinicians"], clinic)
+    _equity_section(page, sections["kpis"], clinic, period)
+    _alerts_section(page, sections["alerts"], sections["backtest"], clinic, period)
+    page.add(section("Methods", "", _methods_html(con, settings, period, run), "methods"))
+    who = "Whole service" if clinic == SERVICE_KEY else f"Clinic {clinic}"
+    links = ['<a href="../index.html">All reports</a>', '<a href="service.html">Service</a>']
+    links += [f'<a href="clinic_{_slug(c)}.html">Clinic {_esc(c)}</a>' for c in clinics]
+    page.title = f"Quality improvement report: {who}, {period.label()}"
+    page.nav = " ".join(links)
+    return page
+
+
+@dataclass
+class ReportResult:
+    """What a report asset wrote."""
+
+    main: Path
+    pages: list[Path]
+    sections: dict[str, str] = field(default_factory=dict)
+    suppressed: int = 0
+    static: list[Path] = field(default_factory=list)
+    csv: list[Path] = field(default_factory=list)
+    period: str = ""
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.pages)
+
+
+def _footer(run: dict[str, Any]) -> str:
+    return (
+        f"Data cut date {_esc(run['as_of'])} · run {_esc(run['run_id'])} · small cells "
+        "suppressed · pseudonymous ids only · this page makes no network requests"
+    )
+
+
+def build_qi_report(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    period_month: str | dt.date | None = None,
+    logger: Any = None,
+) -> ReportResult:
+    """Write the service page, one page per clinic and the published KPI CSV."""
+    logger = logger or log
+    run = run_info(con)
+    period = reporting_period(run["as_of"], period_month)
+    sections = qi_sections(con, settings, period)
+    clinics = _clinics(con)
+    pages: dict[str, str] = {}
+    service_page = None
+    for clinic in [SERVICE_KEY, *clinics]:
+        page = qi_page(con, settings, sections, period, run, clinic, clinics)
+        name = "service.html" if clinic == SERVICE_KEY else f"clinic_{_slug(clinic)}.html"
+        pages[name] = render_page(
+            title=page.title,
+            subtitle=f"Reporting period {_esc(period.label())}; "
+            f"trends {_esc(period.window_label())}; data cut date {_esc(run['as_of'])}",
+            nav=page.nav,
+            body=page.body(),
+            footer=_footer(run),
+            run_id=str(run["run_id"]),
+        )
+        if clinic == SERVICE_KEY:
+            service_page = page
+    target = Path(settings.reports_dir) / QI_DIR
+
+    def extra(folder: Path) -> list[Path]:
+        written = []
+        kpis = sections["kpis"].frame
+        if kpis is not None:
+            written.append(
+                write_csv(kpis.drop(columns=["quantity"]), folder / "kpis_published.csv")
+            )
+        return written
+
+    written, csvs = write_folder(target, pages, extra)
+    static = export_static(service_page.figures if service_page else {}, target / "static", logger)
+    write_index(Path(settings.reports_dir), run)
+    return ReportResult(
+        main=target / "service.html",
+        pages=written,
+        sections={name: s.status() for name, s in sections.items()},
+        suppressed=suppressed_cells(s.frame for s in sections.values()),
+        static=static,
+        csv=csvs,
+        period=period.month.strftime("%Y-%m"),
+    )
+
+
+# --------------------------------------------------------------------------
+# writing: a folder at a time, all or nothing
+
+
+def write_folder(
+    target: Path,
+    pages: Mapping[str, str],
+    extra: Callable[[Path], list[Path]] | None = None,
+) -> tuple[list[Path], list[Path]]:
+    """Write ``pages`` into a fresh sibling folder, then swap it in for ``target``.
+
+    A failure leaves the previous reports as they were.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, text in pages.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        others = extra(tmp) if extra else []
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return [target / n for n in pages], [target / p.relative_to(tmp) for p in others]
+
+
+def write_index(reports_dir: Path, run: Mapping[str, Any]) -> Path:
+    """reports/index.html: links to every report page (no scripts)."""
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+
+    def links(folder: str) -> str:
+        files = sorted((reports_dir / folder).glob("*.html"))
+        if folder == QI_DIR:
+            files.sort(key=lambda p: (p.name != "service.html", p.name))
+        items = "".join(f'<li><a href="{folder}/{p.name}">{_esc(p.stem)}</a></li>' for p in files)
+        return f"<ul>{items}</ul>" if items else "<p>Not built yet.</p>"
+
+    text = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'\"><title>Outcome reports</title>"
+        "<style>body{font-family:system-ui,Arial,sans-serif;margin:2rem;max-width:50rem}</style>"
+        "</head><body><h1>Outcome reports</h1>"
+        f"<p>Data cut date {_esc(run.get('as_of'))}, run {_esc(run.get('run_id'))}.</p>"
+        f"<h2>Quality improvement report</h2>{links(QI_DIR)}"
+        f"<h2>Clinician caseloads (pseudonymous ids; for the clinician)</h2>{links(CASELOAD_DIR)}"
+        "</body></html>"
+    )
+    path = reports_dir / "index.html"
+    tmp = reports_dir / f".index.html.tmp-{os.getpid()}"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------
+# optional static export (kaleido + Chrome)
+
+ENABLE_PDF_HINT = (
+    "To also get PNG/PDF files of the QI figures: install kaleido 1.x into the environment "
+    "(add 'kaleido>=1' to the project dependencies) and a Chrome or Chromium "
+    "(Debian/Ubuntu: apt-get install chromium; or run `plotly_get_chrome`). "
+    "The HTML reports never need them."
+)
+
+
+def find_chrome() -> str | None:
+    """A Chrome/Chromium binary, as kaleido would find it (BROWSER_PATH first)."""
+    explicit = os.environ.get("BROWSER_PATH")
+    if explicit and Path(explicit).exists():
+        return explicit
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def export_static(figs: Mapping[str, go.Figure], folder: Path, logger: Any = None) -> list[Path]:
+    """PNG and PDF of each figure when kaleido and a Chrome are present; else a log line."""
+    logger = logger or log
+    if not figs:
+        return []
+    try:
+        import kaleido  # noqa: F401  (optional dependency, imported lazily)
+    except ImportError:
+        logger.info("Static export skipped: kaleido is not installed. " + ENABLE_PDF_HINT)
+        return []
+    chrome = find_chrome()
+    if chrome is None:
+        logger.info("Static export skipped: no Chrome/Chromium found. " + ENABLE_PDF_HINT)
+        return []
+    os.environ.setdefault("BROWSER_PATH", chrome)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    items = []
+    for n, (name, fig) in enumerate(figs.items(), start=1):
+        stem = f"{n:02d}_{_slug(name)}"
+        for ext in ("png", "pdf"):
+            items.append((fig, folder / f"{stem}.{ext}"))
+    try:
+        pio.write_images([f for f, _ in items], [p for _, p in items])
+        paths = [p for _, p in items]
+    except Exception as exc:  # a broken browser must not fail the HTML report
+        logger.warning(f"Static export failed ({type(exc).__name__}: {exc}). {ENABLE_PDF_HINT}")
+        return []
+    logger.info(f"Static export: {len(paths)} files in {folder}")
+    return paths
+
+
+# --------------------------------------------------------------------------
+# clinician caseload pages (per-client views: pseudonymous ids, not aggregates)
+
+OPEN_STATUSES = ("open", "disengaged")
+
+
+def caseload_frames(con: duckdb.DuckDBPyConnection) -> dict[str, pd.DataFrame | None]:
+    """Open episodes and what each card shows; None where a mart is missing."""
+    tables = existing_tables(con)
+    if _needs(tables, "marts.episode_attendance", "marts.scores"):
+        return {}
+    episodes = con.execute(
+        "SELECT a.episode_id, a.client_id, a.clinic_id, a.clinician_id, a.status, a.attended, "
+        "a.no_show, a.late_cancelled, a.last_attended_at, e.start_date "
+        "FROM marts.episode_attendance a JOIN staging.episodes e ON e.episode_id = a.episode_id "
+        "WHERE a.status IN ('open', 'disengaged') ORDER BY a.clinician_id, a.episode_id"
+    ).df()
+    con.register("_open_episodes", episodes[["episode_id"]])
+    try:
+        scores = con.execute(
+            "SELECT s.episode_id, s.instrument, s.administered_at, s.total, s.session_number, "
+            "i.construct FROM marts.scores s JOIN _open_episodes o USING (episode_id) "
+            "JOIN staging.instruments i ON i.code = s.instrument "
+            "ORDER BY s.episode_id, s.instrument, s.administered_at"
+        ).df()
+        sessions = con.execute(
+            "SELECT s.episode_id, s.scheduled_at, s.status FROM staging.sessions s "
+            "JOIN _open_episodes o USING (episode_id) "
+            "WHERE s.scheduled_at::DATE <= (SELECT as_of FROM staging.run_info) "
+            "ORDER BY s.episode_id, s.scheduled_at"
+        ).df()
+        alerts = (
+            con.execute(
+                "SELECT a.episode_id, a.alert_type, a.raised_at, a.instrument, a.detail "
+                "FROM marts.alerts a JOIN _open_episodes o USING (episode_id) "
+                "ORDER BY a.episode_id, a.raised_at DESC"
+            ).df()
+            if "marts.alerts" in tables
+            else None
+        )
+        outcomes = (
+            con.execute(
+                "SELECT o.episode_id, o.instrument, o.baseline_score, o.change, o.outcome_class "
+                "FROM marts.episode_outcomes o JOIN _open_episodes e USING (episode_id)"
+            ).df()
+            if "marts.episode_outcomes" in tables
+            else None
+        )
+        expected = (
+            con.execute(
+                "SELECT t.episode_id, t.instrument, t.administered_at, t.expected_score, "
+                "t.tolerance_lower, t.tolerance_upper, t.off_track "
+                "FROM marts.expected_trajectory t JOIN _open_episodes o USING (episode_id) "
+                "WHERE t.expected_score IS NOT NULL ORDER BY t.episode_id, t.administered_at"
+            ).df()
+            if "marts.expected_trajectory" in tables
+            else None
+        )
+    finally:
+        con.unregister("_open_episodes")
+    instruments = con.execute("SELECT * FROM staging.instruments").df()
+    return {
+        "episodes": episodes,
+        "scores": scores,
+        "sessions": sessions,
+        "alerts": alerts,
+        "outcomes": outcomes,
+        "expected": expected,
+        "instruments": instruments,
+    }
+
+
+def _instrument_row(instruments: pd.DataFrame, code: str) -> dict[str, Any]:
+    rows = instruments[instruments["code"] == code]
+    return {} if rows.empty else rows.iloc[0].to_dict()
+
+
+def _main_instrument(scores: pd.DataFrame) -> str | None:
+    symptom = scores[scores["construct"] == "symptom"]
+    if symptom.empty:
+        return None
+    counts = symptom.groupby("instrument").size()
+    return sorted(counts.index, key=lambda c: (-counts[c], c))[0]
+
+
+def _episode_card(page: Page, data: Mapping[str, Any], ep: pd.Series) -> str:
+    eid = ep["episode_id"]
+    scores = data["scores"][data["scores"]["episode_id"] == eid]
+    instruments = data["instruments"]
+    rows = []
+    for code, s in scores.groupby("instrument", sort=True):
+        info = _instrument_row(instruments, code)
+        last = s.iloc[-1]
+        case = ""
+        cutoff = figures._num(info.get("cutoff"))
+        if cutoff is not None:
+            worse = bool(info.get("higher_is_worse"))
+            at = last["total"] >= cutoff if worse else last["total"] < cutoff
+            case = (
+                ("low alliance" if info.get("construct") == "alliance" else "at caseness")
+                if at
+                else "no"
+            )
+        outcome = ""
+        if data.get("outcomes") is not None:
+            o = data["outcomes"]
+            o = o[(o["episode_id"] == eid) & (o["instrument"] == code)]
+            if len(o):
+                change = figures._num(o.iloc[0]["change"])
+                outcome = (
+                    f"{change:+g} since baseline {o.iloc[0]['baseline_score']:g}; "
+                    f"{str(o.iloc[0]['outcome_class']).replace('_', ' ')}"
+                    if change is not None
+                    else "baseline only"
+                )
+        rows.append(
+            f"<tr><td>{_esc(code)}</td><td class='num'>{last['total']:g}</td>"
+            f"<td>{pd.Timestamp(last['administered_at']):%Y-%m-%d}</td>"
+            f"<td class='num'>{_esc(last['session_number'])}</td><td>{_esc(case)}</td>"
+            f"<td>{_esc(outcome)}</td></tr>"
+        )
+    table = (
+        "<table><tr><th>Instrument</th><th>Latest</th><th>Date</th><th>Session</th>"
+        "<th>Caseness</th><th>So far</th></tr>" + "".join(rows) + "</table>"
+        if rows
+        else message("No scores yet.")
+    )
+    alert_html = ""
+    if data.get("alerts") is not None:
+        al = data["alerts"][data["alerts"]["episode_id"] == eid]
+        if len(al):
+            items = "".join(
+                f"<li class='alert'><strong>{_esc(ALERT_TYPES.get(r.alert_type, r.alert_type))}"
+                f"</strong> {pd.Timestamp(r.raised_at):%Y-%m-%d}: {_esc(r.detail)}</li>"
+                for r in al.head(10).itertuples()
+            )
+            more = f"<li>and {len(al) - 10} more</li>" if len(al) > 10 else ""
+            alert_html = f"<h4>Open alerts ({len(al)})</h4><ul>{items}{more}</ul>"
+    main = _main_instrument(scores)
+    if main is None:
+        chart = message("No symptom scores to draw yet.")
+    else:
+        sessions = data["sessions"][data["sessions"]["episode_id"] == eid]
+        srs = scores[scores["instrument"] == SRS]
+        expected = None
+        if data.get("expected") is not None:
+            e = data["expected"]
+            expected = e[(e["episode_id"] == eid) & (e["instrument"] == main)]
+        fig = figures.client_trajectory(
+            scores[scores["instrument"] == main],
+            _instrument_row(instruments, main),
+            sessions=sessions,
+            alliance=srs if len(srs) else None,
+            alliance_instrument=_instrument_row(instruments, SRS),
+            expected=expected,
+            height=360,
+            legend_below=True,
+        )
+        chart = page.figure(fig, f"trajectory {eid}")
+    last_attended = (
+        f"{pd.Timestamp(ep['last_attended_at']):%Y-%m-%d}"
+        if pd.notna(ep["last_attended_at"])
+        else "none"
+    )
+    head = (
+        f"<h3>Episode {_esc(eid)} · client {_esc(ep['client_id'])} · {_esc(ep['status'])}</h3>"
+        f"<p class='lead'>Started {pd.Timestamp(ep['start_date']):%Y-%m-%d}; "
+        f"{int(ep['attended'])} attended, {int(ep['no_show'])} no-show, "
+        f"{int(ep['late_cancelled'])} late-cancelled; last attended {last_attended}.</p>"
+    )
+    return (
+        f'<div class="episode" id="ep-{_slug(eid)}">{head}<div class="grid2"><div>{table}'
+        f"{alert_html}</div><div>{chart}</div></div></div>"
+    )
+
+
+def build_caseload_reports(
+    con: duckdb.DuckDBPyConnection, settings: Settings, logger: Any = None
+) -> ReportResult:
+    """One page per clinician with open episodes: latest scores, open alerts, trajectories."""
+    run = run_info(con)
+    data = caseload_frames(con)
+    target = Path(settings.reports_dir) / CASELOAD_DIR
+    pages: dict[str, str] = {}
+    sections: dict[str, str] = {}
+    if not data:
+        sections["caseload"] = "not available (missing marts.episode_attendance or marts.scores)"
+    else:
+        episodes = data["episodes"]
+        for clinician, eps in episodes.groupby("clinician_id", sort=True):
+            page = Page(f"clinician-{clinician}")
+            alerts = data.get("alerts")
+            with_alerts = set(alerts["episode_id"]) if alerts is not None and len(alerts) else set()
+            eps = eps.assign(_alert=[e in with_alerts for e in eps["episode_id"]])
+            eps = eps.sort_values(["_alert", "episode_id"], ascending=[False, True])
+            for _, ep in eps.iterrows():
+                page.add(_episode_card(page, data, ep))
+            missing = [
+                name
+                for name, table in (
+                    ("alerts", "marts.alerts"),
+                    ("outcomes", "marts.episode_outcomes"),
+                    ("expected", "marts.expected_trajectory"),
+                )
+                if data.get(name) is None
+            ]
+            note = message("Not available yet: " + ", ".join(missing)) if missing else ""
+            clinics = ", ".join(sorted(set(eps["clinic_id"])))
+            body = (
+                f"<p class='lead'>{len(eps)} open episode(s) as of {_esc(run['as_of'])}, episodes "
+                "with alerts first. Pseudonymous ids only; per-client views for the clinician, "
+                "not for publication.</p>" + note + page.body()
+            )
+            name = f"clinician_{_slug(clinician)}.html"
+            pages[name] = render_page(
+                title=f"Caseload: clinician {clinician}",
+                subtitle=f"Clinic {_esc(clinics)} · data cut date {_esc(run['as_of'])}",
+                nav='<a href="../index.html">All reports</a>',
+                body=body,
+                footer=_footer(run),
+                run_id=str(run["run_id"]),
+            )
+            sections[str(clinician)] = f"{len(eps)} open episodes"
+    written, _ = write_folder(target, pages)
+    write_index(Path(settings.reports_dir), run)
+    return ReportResult(
+        main=Path(settings.reports_dir) / "index.html", pages=written, sections=sections
+    )
+
+
+# --------------------------------------------------------------------------
+# Dagster assets
+
+
+class QIReportConfig(dg.Config):
+    period: str = Field(
+        default="",
+        description="Reporting month YYYY-MM; empty: the last full month up to the data cut date",
+    )
+
+
+def _report_metadata(result: ReportResult) -> dict[str, Any]:
+    sizes = {str(p.name): p.stat().st_size for p in result.pages}
+    return {
+        "path": dg.MetadataValue.path(str(result.main)),
+        "size_bytes": dg.MetadataValue.int(
+            result.main.stat().st_size if result.main.exists() else 0
+        ),
+        "pages": dg.MetadataValue.int(len(result.pages)),
+        "total_bytes": dg.MetadataValue.int(sum(sizes.values())),
+        "page_sizes": dg.MetadataValue.json(sizes),
+        "sections": dg.MetadataValue.json(result.sections),
+    }
+
+
+@dg.asset(
+    key=["reports", "qi_report"],
+    group_name=GROUP,
+    deps=asset_keys(
+        "staging/episodes",
+        "marts/clinic_kpis",
+        "marts/clinic_kpis_episodes",
+        "marts/episode_outcomes",
+        "marts/alerts",
+        "marts/alliance_monthly",
+        "marts/session_alliance",
+        "marts/clinician_adjusted_outcomes",
+        "marts/retention_curve",
+        "marts/dose_response",
+        "marts/etr_backtest",
+        "marts/etr_backtest_episodes",
+    ),
+    kinds={"plotly", "html"},
+    description=(
+        "Service quality-improvement report: one self-contained HTML page for the whole service "
+        "and one per clinic (reports/qi_report/), for the last full month (trends over 12 "
+        "months): KPI tiles, trends, outcome categories, effect size vs benchmark, retention, "
+        "dose-response, measurement completeness, clinician funnel plot, equity, alerts and a "
+        "methods box. Every number goes through small-cell suppression; opens offline."
+    ),
+)
+def qi_report(
+    context: dg.AssetExecutionContext, config: QIReportConfig, outcomes: OutcomesResource
+) -> dg.MaterializeResult:
+    settings = outcomes.settings
+    with outcomes.connect(read_only=True) as con:
+        result = build_qi_report(con, settings, config.period or None, context.log)
+    context.log.info(f"QI report (open offline in a browser): {result.main}")
+    metadata = _report_metadata(result)
+    metadata["period"] = dg.MetadataValue.text(result.period)
+    metadata["suppressed_cells"] = dg.MetadataValue.int(result.suppressed)
+    metadata["min_cell_size"] = dg.MetadataValue.int(settings.min_cell_size)
+    metadata["static_files"] = dg.MetadataValue.int(len(result.static))
+    if result.csv:
+        metadata["kpis_csv"] = dg.MetadataValue.path(str(result.csv[0]))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    key=["reports", "clinician_caseload"],
+    group_name=GROUP,
+    deps=asset_keys(
+        "staging/episodes",
+        "staging/sessions",
+        "marts/episode_attendance",
+        "marts/scores",
+        "marts/episode_outcomes",
+        "marts/alerts",
+        "marts/expected_trajectory",
+    ),
+    kinds={"plotly", "html"},
+    description=(
+        "One HTML page per clinician (reports/therapist_caseload/): each open episode with its "
+        "latest scores, open alerts and a small trajectory (cutoff, reliable-change band, "
+        "expected range, SRS, attended and missed sessions). Pseudonymous ids only."
+    ),
+)
+def clinician_caseload(
+    context: dg.AssetExecutionContext, outcomes: OutcomesResource
+) -> dg.MaterializeResult:
+    settings = outcomes.settings
+    with outcomes.connect(read_only=True) as con:
+        result = build_caseload_reports(con, settings, context.log)
+    context.log.info(f"Clinician caseload pages: {len(result.pages)} in {result.main.parent}")
+    metadata = _report_metadata(result)
+    metadata["path"] = dg.MetadataValue.path(str(Path(settings.reports_dir) / CASELOAD_DIR))
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,539 @@
+"""Report assets: periods, sections present or "not available", pages written offline.
+
+The warehouse comes from ``tests.factories.make_warehouse`` filled by a seeded
+synthetic clinic network (``synthetic_tables``) plus the real mart builders
+(``build_marts``), so the reports are built from exactly the SQL the pipeline
+runs. The browser test reuses both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from assets import reports
+from schemas.settings import Settings
+from tests.factories import make_warehouse
+
+AS_OF = "2026-06-30"
+
+# --------------------------------------------------------------------------
+# synthetic warehouse (shared with tests/test_reports_browser.py)
+
+CLINICS = {"C1": ("T11", "T12", "T13"), "C2": ("T21", "T22"), "C3": ("T31",)}
+CLIENTS = {"C1": 220, "C2": 140, "C3": 6}
+AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
+GENDERS = ("female", "male", "not_stated")
+
+
+def synthetic_tables(
+    seed: int = 7, as_of: str = AS_OF, clients: dict[str, int] | None = None
+) -> dict[str, list[dict]]:
+    """A small clinic network: two clinics with enough clients, one tiny clinic (C3).
+
+    Weekly sessions from a start date in the 18 months before as-of; PHQ-9 and
+    GAD-7 improve on average (some deteriorate), SRS at each attended session,
+    risk item responses now and then; past sessions are held or missed at
+    random, later ones booked.
+    """
+    rng = random.Random(seed)
+    clients = clients or CLIENTS
+    cut = dt.date.fromisoformat(as_of)
+    episodes, sessions, assessments, risk = [], [], [], []
+    n = 0
+    for clinic, clinicians in CLINICS.items():
+        for _ in range(clients.get(clinic, 0)):
+            n += 1
+            eid, cid = f"E{n:04d}", f"P{n:04d}"
+            start = cut - dt.timedelta(days=rng.randint(20, 540))
+            planned = rng.randint(4, 16)
+            drop_after = rng.randint(1, planned) if rng.random() < 0.22 else None
+            phq, gad = rng.uniform(8, 24), rng.uniform(6, 19)
+            slope = rng.uniform(-1.4, 0.35)
+            held, last_day = 0, start
+            for s in range(planned):
+                day = start + dt.timedelta(days=7 * s)
+                at = dt.datetime.combine(day, dt.time(10, 0))
+                sid = f"{eid}-S{s + 1:02d}"
+                if day > cut:
+                    status = "booked"
+                elif drop_after is not None and s >= drop_after:
+                    break
+                else:
+                    status = rng.choices(
+                        ["attended", "no_show", "late_cancelled", "client_cancelled"],
+                        [0.8, 0.09, 0.05, 0.06],
+                    )[0]
+                sessions.append(
+                    {
+                        "session_id": sid,
+                        "episode_id": eid,
+                        "client_id": cid,
+                        "clinician_id": clinicians[n % len(clinicians)],
+                        "scheduled_at": at,
+                        "status": status,
+                        "session_type": "assessment" if s == 0 else "treatment",
+                    }
+                )
+                if status != "attended":
+                    continue
+                held += 1
+                last_day = day
+                noise = rng.uniform(-2, 2)
+                phq_s = min(27, max(0, round(phq + slope * held + noise)))
+                gad_s = min(21, max(0, round(gad + 0.8 * slope * held + noise)))
+                srs_s = min(40, max(0, round(rng.uniform(27, 40), 1)))
+                for code, total in (("PHQ-9", phq_s), ("GAD-7", gad_s), ("SRS", srs_s)):
+                    aid = f"{sid}-{code}"
+                    assessments.append(
+                        {
+                            "assessment_id": aid,
+                            "episode_id": eid,
+                            "client_id": cid,
+                            "session_id": sid,
+                            "instrument": code,
+                            "administered_at": at + dt.timedelta(minutes=5),
+                            "total": float(total),
+                        }
+                    )
+                    if code == "PHQ-9":
+                        risk.append(
+                            {
+                                "assessment_id": aid,
+                                "episode_id": eid,
+                                "client_id": cid,
+                                "instrument": code,
+                                "administered_at": at + dt.timedelta(minutes=5),
+                                "item": 9,
+                                "score": float(rng.random() < 0.04),
+                            }
+                        )
+            ended = drop_after is not None or start + dt.timedelta(days=7 * planned) < cut
+            end_reason = None
+            if ended and drop_after is not None:
+                end_reason = "dropout"
+            elif ended:
+                end_reason = rng.choices(["completed", "mutual_agreement", "other"], [8, 1, 1])[0]
+            if ended and rng.random() < 0.08:  # some just stop coming: disengaged, no end date
+                ended, end_reason = False, None
+            episodes.append(
+                {
+                    "episode_id": eid,
+                    "client_id": cid,
+                    "clinic_id": clinic,
+                    "clinician_id": clinicians[n % len(clinicians)],
+                    "start_date": start,
+                    "end_date": max(last_day, start) if ended else None,
+                    "end_reason": end_reason,
+                    "age_band": rng.choice(AGE_BANDS),
+                    "gender": rng.choice(GENDERS),
+                }
+            )
+    return {
+        "episodes": episodes,
+        "sessions": sessions,
+        "assessments": assessments,
+        "risk_responses": risk,
+    }
+
+
+def build_marts(con: duckdb.DuckDBPyConnection, settings: Settings | None = None) -> None:
+    """Every mart the reports read, with the pipeline's own builders, in dependency order."""
+    from assets.alliance import (
+        build_alliance_monthly,
+        build_episode_alliance,
+        build_session_alliance,
+    )
+    from assets.clinicians import build_clinician_marts
+    from assets.core_marts import (
+        build_alerts,
+        build_episode_attendance,
+        build_episode_outcomes,
+        build_scores,
+    )
+    from assets.engagement import build_dose_response, build_retention_curve
+    from assets.etr import build_etr
+    from assets.service_kpis import build_clinic_kpis, build_clinic_kpis_episodes
+
+    settings = settings or Settings()
+    build_scores(con)
+    build_episode_attendance(con, settings)
+    build_episode_outcomes(con)
+    build_etr(con, settings)
+    build_alerts(con)
+    build_clinic_kpis_episodes(con)
+    build_clinic_kpis(con)
+    build_clinician_marts(con)
+    build_retention_curve(con)
+    build_dose_response(con)
+    build_session_alliance(con, settings)
+    build_episode_alliance(con, settings)
+    build_alliance_monthly(con)
+
+
+def synthetic_warehouse(
+    path: Path | str = ":memory:", seed: int = 7, clients: dict[str, int] | None = None
+) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path))
+    make_warehouse(con, as_of=AS_OF, **synthetic_tables(seed, clients=clients))
+    build_marts(con)
+    return con
+
+
+@pytest.fixture(scope="module")
+def warehouse() -> duckdb.DuckDBPyConnection:
+    con = synthetic_warehouse()
+    yield con
+    con.close()
+
+
+@pytest.fixture(scope="module")
+def built(
+    warehouse, tmp_path_factory
+) -> tuple[Settings, reports.ReportResult, reports.ReportResult]:
+    out = tmp_path_factory.mktemp("reports")
+    settings = Settings(reports_dir=out)
+    qi = reports.build_qi_report(warehouse, settings)
+    caseload = reports.build_caseload_reports(warehouse, settings)
+    return settings, qi, caseload
+
+
+# --------------------------------------------------------------------------
+# reporting period
+
+
+@pytest.mark.parametrize(
+    "as_of,month,expected,window_start,previous",
+    [
+        # as-of on the last day of June: June is complete
+        ("2026-06-30", None, "2026-06-01", "2025-07-01", "2026-05-01"),
+        # one day earlier: June is not complete yet, May is reported
+        ("2026-06-29", None, "2026-05-01", "2025-06-01", "2026-04-01"),
+        # January wraps to the previous year
+        ("2026-01-15", None, "2025-12-01", "2025-01-01", "2025-11-01"),
+        # an explicit month wins
+        ("2026-06-30", "2026-03", "2026-03-01", "2025-04-01", "2026-02-01"),
+    ],
+)
+def test_reporting_period(as_of, month, expected, window_start, previous):
+    period = reports.reporting_period(dt.date.fromisoformat(as_of), month)
+    assert period.month == dt.date.fromisoformat(expected)
+    assert period.window_start == dt.date.fromisoformat(window_start)  # 12 months incl. month
+    assert period.previous == dt.date.fromisoformat(previous)
+
+
+def test_reporting_period_rejects_a_bad_month():
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        reports.reporting_period(dt.date(2026, 6, 30), "June")
+
+
+# --------------------------------------------------------------------------
+# tiles: value, change against the previous month, n
+
+
+def tile_sections(rows: list[dict]) -> dict[str, reports.Section]:
+    frame = pd.DataFrame(rows)
+    for column, default in (("instrument", ""), ("breakdown", "month"), ("quantity", None)):
+        frame[column] = default
+    frame["band"] = [p.strftime("%Y-%m") for p in frame["period"]]
+    published = reports.suppress(reports.with_rate_counts(frame), reports.KPI_SPEC, k=10)
+    return {"kpis": reports.Section("kpis", published), "alliance": reports.Section("alliance")}
+
+
+def test_tiles_show_the_change_in_percentage_points_and_its_direction():
+    june, may = pd.Timestamp("2026-06-01"), pd.Timestamp("2026-05-01")
+    period = reports.reporting_period(dt.date(2026, 6, 30))
+    rows = [
+        # attendance 30/40 = 75% in June, 28/40 = 70% in May: +5.0 pp, better (36/40
+        # would be suppressed: 4 missed appointments follow from the rate and n)
+        {
+            "clinic_id": "C1",
+            "kpi": "attendance_rate",
+            "period": june,
+            "numerator": 30,
+            "denominator": 40,
+            "value": 0.75,
+            "n_clients": 20,
+            "n_episodes": 20,
+        },
+        {
+            "clinic_id": "C1",
+            "kpi": "attendance_rate",
+            "period": may,
+            "numerator": 28,
+            "denominator": 40,
+            "value": 0.70,
+            "n_clients": 20,
+            "n_episodes": 20,
+        },
+        # DNA 12/100 in June, 10/100 in May: +2.0 pp, worse
+        {
+            "clinic_id": "C1",
+            "kpi": "dna_rate",
+            "period": june,
+            "numerator": 12,
+            "denominator": 100,
+            "value": 0.12,
+            "n_clients": 30,
+            "n_episodes": 30,
+        },
+        {
+            "clinic_id": "C1",
+            "kpi": "dna_rate",
+            "period": may,
+            "numerator": 10,
+            "denominator": 100,
+            "value": 0.10,
+            "n_clients": 30,
+            "n_episodes": 30,
+        },
+        # dropout: June fine, May rests on 6 clients -> suppressed, no change shown
+        {
+            "clinic_id": "C1",
+            "kpi": "dropout_rate",
+            "period": june,
+            "numerator": 10,
+            "denominator": 40,
+            "value": 0.25,
+            "n_clients": 40,
+            "n_episodes": 40,
+        },
+        {
+            "clinic_id": "C1",
+            "kpi": "dropout_rate",
+            "period": may,
+            "numerator": 0,
+            "denominator": 6,
+            "value": 0.0,
+            "n_clients": 6,
+            "n_episodes": 6,
+        },
+    ]
+    sections = tile_sections(rows)
+    tile = {t.kpi: t for t in reports.TILES}
+    attendance = reports._tile_html(tile["attendance_rate"], sections, "C1", period)
+    assert "75.0%" in attendance and "+5.0 pp vs May 2026" in attendance
+    assert 'class="change better"' in attendance and "n = 40" in attendance
+    dna = reports._tile_html(tile["dna_rate"], sections, "C1", period)
+    assert "12.0%" in dna and "+2.0 pp" in dna and 'class="change worse"' in dna
+    dropout = reports._tile_html(tile["dropout_rate"], sections, "C1", period)
+    assert "25.0%" in dropout and "May 2026 suppressed" in dropout
+    recovery = reports._tile_html(tile["recovery_rate"], sections, "C1", period)
+    assert "no data this month" in recovery
+    srs = reports._tile_html(tile["mean_srs"], sections, "C1", period)
+    assert "not available" in srs
+
+
+# --------------------------------------------------------------------------
+# the built reports
+
+
+def test_equity_window_totals_add_up_from_the_monthly_kpis(warehouse):
+    """The window totals that tie months and bands together (one equation for the
+    suppression) are the sums of marts.clinic_kpis' monthly cells."""
+    period = reports.reporting_period(dt.date(2026, 6, 30))
+    cells = reports.raw_qi_sections(warehouse, period)["kpis"].frame
+    months = cells[(cells["breakdown"] == "month") & (cells["band"] != reports.ALL)]
+    totals = cells[(cells["breakdown"] == "month") & (cells["band"] == reports.ALL)]
+    assert len(totals) >= 4 * 4  # 4 KPIs x (3 clinics + service)
+    for row in totals.itertuples():
+        same = months[
+            (months["clinic_id"] == row.clinic_id)
+            & (months["kpi"] == row.kpi)
+            & (months["instrument"] == row.instrument)
+        ]
+        assert same["numerator"].sum() == row.numerator, row
+        assert same["denominator"].sum() == row.denominator, row
+    # and every age band row adds up to the same total
+    ages = cells[(cells["breakdown"] == "age_band") & (cells["band"] != reports.ALL)]
+    for row in totals.itertuples():
+        same = ages[(ages["clinic_id"] == row.clinic_id) & (ages["kpi"] == row.kpi)]
+        assert same["denominator"].sum() == row.denominator
+
+
+def test_pages_are_written_with_plotly_js_once_and_no_remote_resource(built):
+    settings, qi, caseload = built
+    folder = settings.reports_dir / "qi_report"
+    assert {p.name for p in qi.pages} == {
+        "service.html",
+        "clinic_C1.html",
+        "clinic_C2.html",
+        "clinic_C3.html",
+    }
+    assert qi.main == folder / "service.html"
+    bundle = reports.plotly_js()
+    for path in [*qi.pages, *caseload.pages]:
+        page = path.read_text(encoding="utf-8")
+        assert page.count(bundle[:300]) == 1, path.name  # plotly.js embedded exactly once
+        assert page.count("Plotly.newPlot") >= 1
+        ours = page.replace(bundle, "")  # the page without the library's own text
+        assert not re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", ours), path.name
+        assert "<script src" not in ours and "<link" not in ours
+        assert "cdn.plot.ly" not in ours
+        assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    index = (settings.reports_dir / "index.html").read_text(encoding="utf-8")
+    assert 'href="qi_report/service.html"' in index
+    assert 'href="therapist_caseload/clinician_T11.html"' in index
+
+
+def test_service_page_has_every_section_with_numbers(built):
+    settings, qi, _ = built
+    page = (settings.reports_dir / "qi_report" / "service.html").read_text(encoding="utf-8")
+    for heading in (
+        "Headline KPIs, June 2026",
+        "Monthly trends",
+        "Outcome categories per instrument",
+        "Effect size against the benchmark",
+        "Retention",
+        "Dose-response",
+        "Measurement completeness",
+        "Clinician comparison (funnel plot)",
+        "Equity",
+        "Alerts",
+        "Not-on-track alert on the clinic&#x27;s own history",
+        "Methods",
+    ):
+        assert heading in page, heading
+    assert "Not available" not in page
+    # the methods box prints the registry's thresholds, the data cut date and the run id
+    assert "<td>PHQ-9</td>" in page and "&ge; 10" in page and "&ge; 6 points" in page
+    assert "2026-06-30" in page and "test-run" in page
+    assert all(status.endswith("suppressed") for status in qi.sections.values())
+
+
+def test_published_csv_holds_no_small_cell(built):
+    settings, qi, _ = built
+    frame = pd.read_csv(settings.reports_dir / "qi_report" / "kpis_published.csv")
+    assert "events" not in frame.columns and "non_events" not in frame.columns
+    shown = frame[~frame["suppressed"]]
+    assert (shown["n_clients"] >= 10).all()
+    rates = shown[shown["kpi"] != "median_days_between_measures"]
+    for column in ("numerator",):
+        values = rates[column]
+        assert ((values == 0) | (values >= 10)).all()
+    assert frame.loc[frame["suppressed"], ["value", "numerator", "n_clients"]].isna().all().all()
+
+
+def test_caseload_pages_show_each_clinicians_open_episodes_only(built, warehouse):
+    settings, _, caseload = built
+    open_episodes = warehouse.execute(
+        "SELECT clinician_id, episode_id, client_id FROM marts.episode_attendance "
+        "WHERE status IN ('open', 'disengaged')"
+    ).df()
+    for clinician, eps in open_episodes.groupby("clinician_id"):
+        page = settings.reports_dir / "therapist_caseload" / f"clinician_{clinician}.html"
+        text = page.read_text(encoding="utf-8")
+        assert text.count('class="episode"') == len(eps)
+        for eid in eps["episode_id"]:
+            assert f"Episode {eid}" in text
+        others = open_episodes[open_episodes["clinician_id"] != clinician]
+        assert not any(f"Episode {eid} " in text for eid in others["episode_id"])
+        assert "gender" not in text.lower().replace("no gender", "")
+    assert len(caseload.pages) == open_episodes["clinician_id"].nunique()
+
+
+def test_sections_say_not_available_until_their_mart_exists(tmp_path):
+    """Only the core marts: every other section says which mart it waits for."""
+    from assets.core_marts import (
+        build_alerts,
+        build_episode_attendance,
+        build_episode_outcomes,
+        build_scores,
+    )
+
+    con = duckdb.connect()
+    make_warehouse(con, as_of=AS_OF, **synthetic_tables(3, clients={"C1": 30}))
+    build_scores(con)
+    build_episode_attendance(con, Settings())
+    build_episode_outcomes(con)
+    build_alerts(con, extra_sources=())
+    result = reports.build_qi_report(con, Settings(reports_dir=tmp_path))
+    page = result.main.read_text(encoding="utf-8")
+    for mart in (
+        "marts.clinic_kpis",
+        "marts.alliance_monthly",
+        "marts.retention_curve",
+        "marts.dose_response",
+        "marts.clinician_adjusted_outcomes",
+        "marts.etr_backtest",
+    ):
+        assert f"Not available: {mart}" in page or f", {mart}" in page, mart
+    assert result.sections["alerts"].endswith("suppressed")  # marts.alerts exists
+    assert result.sections["kpis"].startswith("not available")
+    caseload = reports.build_caseload_reports(con, Settings(reports_dir=tmp_path))
+    assert caseload.pages  # trajectories need only scores and attendance
+    assert "Not available yet: expected" in caseload.pages[0].read_text(encoding="utf-8")
+
+
+def test_a_failed_write_leaves_the_previous_reports(tmp_path):
+    target = tmp_path / "qi_report"
+    reports.write_folder(target, {"service.html": "old"})
+
+    def boom(folder):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        reports.write_folder(target, {"service.html": "new"}, boom)
+    assert (target / "service.html").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["qi_report"]
+
+
+class Log:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def info(self, text):
+        self.lines.append(text)
+
+    warning = info
+
+
+def test_static_export_is_optional_and_says_how_to_enable_it(monkeypatch, tmp_path):
+    import sys
+
+    fig = reports.figures.empty_figure("x")
+    log = Log()
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # import kaleido -> ImportError
+    assert reports.export_static({"f": fig}, tmp_path, log) == []
+    assert (
+        "kaleido is not installed" in log.lines[-1] and "apt-get install chromium" in log.lines[-1]
+    )
+
+    monkeypatch.setitem(sys.modules, "kaleido", type(sys)("kaleido"))
+    monkeypatch.setattr(reports, "find_chrome", lambda: None)
+    assert reports.export_static({"f": fig}, tmp_path, log) == []
+    assert "no Chrome/Chromium found" in log.lines[-1]
+
+
+def test_report_assets_materialize_with_path_and_size(tmp_path):
+    import dagster as dg
+
+    from pipelines.resources import OutcomesResource
+
+    path = tmp_path / "warehouse.duckdb"
+    synthetic_warehouse(path, clients={"C1": 40, "C2": 20}).close()
+    resource = OutcomesResource(warehouse=str(path), reports_dir=str(tmp_path / "out"))
+    result = dg.materialize(
+        [reports.qi_report, reports.clinician_caseload], resources={"outcomes": resource}
+    )
+    assert result.success
+    by_key = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in result.get_asset_materialization_events()
+        for m in [m.materialization]
+    }
+    qi = by_key["reports/qi_report"]
+    assert qi["path"].value == str(tmp_path / "out" / "qi_report" / "service.html")
+    assert (
+        qi["size_bytes"].value == (tmp_path / "out" / "qi_report" / "service.html").stat().st_size
+    )
+    assert qi["size_bytes"].value > 4_000_000  # plotly.js is inside
+    assert qi["period"].value == "2026-06"
+    caseload = by_key["reports/clinician_caseload"]
+    assert caseload["pages"].value >= 1 and caseload["total_bytes"].value > 0
