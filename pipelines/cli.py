@@ -68,18 +68,16 @@ def _summary(settings: Settings) -> str:
         lines.append(f"Quarantined rows: {total:,}" + (" (by table and rule):" if rules else ""))
         for table, rule, n in rules:
             lines.append(f"  {table:<18} {rule:<24} {n:>8,}")
-    reports = (
-        sorted(Path(settings.reports_dir).glob("**/*.html"))
-        if Path(settings.reports_dir).is_dir()
-        else []
-    )
-    if reports:
-        lines.append(f"Reports ({len(reports)}) in {settings.reports_dir}:")
-        lines += [f"  {p}" for p in reports[:12]]
-        if len(reports) > 12:
-            lines.append(f"  ... and {len(reports) - 12} more")
+    reports_dir = Path(settings.reports_dir)
+    pages = sorted(reports_dir.glob("**/*.html")) if reports_dir.is_dir() else []
+    if pages:
+        lines.append(f"Reports ({len(pages)} pages) in {reports_dir}:")
+        for name in ("index.html", "qi_report/service.html"):
+            if (reports_dir / name).is_file():
+                lines.append(f"  {reports_dir / name}")
+        lines.append(f"  (open {reports_dir / 'index.html'} for every clinic and clinician page)")
     else:
-        lines.append(f"Reports folder: {settings.reports_dir} (no reports written)")
+        lines.append(f"Reports folder: {reports_dir} (no reports written)")
     return "\n".join(lines)
 
 
