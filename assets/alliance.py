@@ -19,7 +19,7 @@ from scipy import stats
 from assets.core_marts import GROUP, _mart, _staging
 from assets.core_marts import _result as core_result
 from assets.sql_runner import load_sql, replace_tables
-from pipelines.resources import OutcomesResource
+from pipelines.resources import WAREHOUSE_POOL, OutcomesResource
 from schemas.settings import Settings
 
 SRS = "SRS"
@@ -186,7 +186,7 @@ def mart_assets(
         for name, description in tables.items()
     ]
 
-    @dg.multi_asset(name=f"build_{next(iter(tables))}", specs=specs)
+    @dg.multi_asset(name=f"build_{next(iter(tables))}", specs=specs, pool=WAREHOUSE_POOL)
     def _assets(outcomes: OutcomesResource):
         with outcomes.connect() as con:
             counts = build(con, outcomes.settings)

@@ -27,7 +27,7 @@ from assets.service_kpis import (
     z_value,
 )
 from assets.sql_runner import load_sql, replace_tables
-from pipelines.resources import OutcomesResource
+from pipelines.resources import WAREHOUSE_POOL, OutcomesResource
 
 PRIMARY_INSTRUMENT = DEPRESSION_INSTRUMENT  # the instrument clinician_summary carries
 FUNNEL_LEVELS = (0.95, 0.998)  # funnel-plot control limits (about 2 and 3 SD)
@@ -149,6 +149,7 @@ def build_clinician_marts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 
 @dg.multi_asset(
+    pool=WAREHOUSE_POOL,
     specs=[
         dg.AssetSpec(
             ["marts", "clinician_adjusted_outcomes"],

@@ -18,7 +18,7 @@ import duckdb
 
 from assets.ingest import _preview as preview  # the one markdown preview helper
 from assets.sql_runner import load_sql, replace_tables
-from pipelines.resources import OutcomesResource
+from pipelines.resources import WAREHOUSE_POOL, OutcomesResource
 from schemas.settings import Settings
 
 GROUP = "marts"
@@ -156,6 +156,7 @@ def _as_of(con: duckdb.DuckDBPyConnection) -> str:
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     key=_mart("scores"),
     group_name=GROUP,
     deps=_staging("episodes", "sessions", "assessments"),
@@ -181,6 +182,7 @@ def scores(outcomes: OutcomesResource) -> dg.MaterializeResult:
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     key=_mart("episode_attendance"),
     group_name=GROUP,
     deps=_staging("episodes", "sessions"),
@@ -221,6 +223,7 @@ def _symptom_thresholds(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     key=_mart("episode_outcomes"),
     group_name=GROUP,
     deps=[_mart("scores")],
@@ -248,6 +251,7 @@ def episode_outcomes(outcomes: OutcomesResource) -> dg.MaterializeResult:
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     key=_mart("alerts"),
     group_name=GROUP,
     deps=[

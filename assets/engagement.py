@@ -21,7 +21,7 @@ from assets.service_kpis import (
     table_metadata,
 )
 from assets.sql_runner import load_sql, replace_tables
-from pipelines.resources import OutcomesResource
+from pipelines.resources import WAREHOUSE_POOL, OutcomesResource
 
 RETENTION_TABLE = "marts.retention_curve"
 DOSE_TABLE = "marts.dose_response"
@@ -97,6 +97,7 @@ def build_dose_response(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     key=["marts", "retention_curve"],
     group_name="marts",
     kinds={"duckdb", "python"},
@@ -116,6 +117,7 @@ def retention_curve_asset(outcomes: OutcomesResource) -> dg.MaterializeResult:
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     key=["marts", "dose_response"],
     group_name="marts",
     kinds={"duckdb", "sql"},

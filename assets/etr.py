@@ -27,7 +27,7 @@ import pandas as pd
 
 from assets.core_marts import GROUP, _counts, _mart, _result, _staging
 from assets.sql_runner import load_sql, preview_markdown, replace_tables
-from pipelines.resources import OutcomesResource
+from pipelines.resources import WAREHOUSE_POOL, OutcomesResource
 from schemas.settings import Settings
 
 Basis = Literal["score", "change"]
@@ -141,6 +141,7 @@ _DEPS = [
 
 
 @dg.multi_asset(
+    pool=WAREHOUSE_POOL,
     specs=[
         dg.AssetSpec(
             ["marts", "etr_settings"],

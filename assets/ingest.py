@@ -11,7 +11,7 @@ import dagster as dg
 
 from assets.ingest_engine import Ingest, IngestError, IngestResult, TableReport
 from assets.sql_runner import preview_markdown
-from pipelines.resources import OutcomesResource
+from pipelines.resources import WAREHOUSE_POOL, OutcomesResource
 from schemas.privacy import PrivacyError
 from schemas.rules import catalogue
 from schemas.staging import STAGING_TABLES
@@ -55,6 +55,7 @@ def _table_metadata(report: TableReport, result: IngestResult) -> dict[str, obje
 
 
 @dg.multi_asset(
+    pool=WAREHOUSE_POOL,
     specs=[
         *(
             dg.AssetSpec(

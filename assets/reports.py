@@ -46,7 +46,7 @@ from assets.suppression import (
     suppressed_cells,
     write_csv,
 )
-from pipelines.resources import OutcomesResource
+from pipelines.resources import WAREHOUSE_POOL, OutcomesResource
 from schemas.settings import Settings
 
 GROUP = "reports"
@@ -1859,6 +1859,7 @@ def _report_metadata(result: ReportResult) -> dict[str, Any]:
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     key=["reports", "qi_report"],
     group_name=GROUP,
     deps=asset_keys(
@@ -1902,6 +1903,7 @@ def qi_report(
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     key=["reports", "clinician_caseload"],
     group_name=GROUP,
     deps=asset_keys(

@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from assets.sql_runner import load_sql, preview_markdown, replace_tables
-from pipelines.resources import OutcomesResource
+from pipelines.resources import WAREHOUSE_POOL, OutcomesResource
 from schemas.settings import Settings
 
 # --- definitions that are not registry thresholds (documented in docs/metrics.md (section 6)) ---
@@ -159,6 +159,7 @@ def _service_headline(con: duckdb.DuckDBPyConnection, kpis: Iterable[str]) -> di
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     key=["marts", "clinic_kpis_episodes"],
     group_name="marts",
     kinds={"duckdb", "sql"},
@@ -186,6 +187,7 @@ def clinic_kpis_episodes(outcomes: OutcomesResource) -> dg.MaterializeResult:
 
 
 @dg.asset(
+    pool=WAREHOUSE_POOL,
     key=["marts", "clinic_kpis"],
     group_name="marts",
     kinds={"duckdb", "sql"},

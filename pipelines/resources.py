@@ -13,6 +13,10 @@ import duckdb
 
 from schemas.settings import Settings, load_settings
 
+# Every step that opens the warehouse takes a slot of this pool (limit 1 in the
+# shipped dagster.yaml): DuckDB allows one process per file at a time.
+WAREHOUSE_POOL = "warehouse"
+
 
 class OutcomesResource(dg.ConfigurableResource):
     """Paths and tunables of one run (defaults from env vars and OUTCOMES_CONFIG)."""

@@ -25,13 +25,12 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from pipelines.resources import OutcomesResource, warehouse_connection
+from pipelines.resources import WAREHOUSE_POOL, OutcomesResource, warehouse_connection
 from schemas.settings import Settings, load_settings
 
 SNAPSHOT_KEY = dg.AssetKey(["published", "warehouse_snapshot"])
 # Every step that opens the warehouse (to write or to read) runs in this pool;
 # dagster_home/dagster.yaml limits every pool to one slot, across runs.
-WAREHOUSE_POOL = "warehouse"
 WAREHOUSE_SCHEMAS = ("staging", "quarantine", "marts")
 SNAPSHOT_ENV = "OUTCOMES_SNAPSHOT"
 
