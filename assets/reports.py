@@ -1551,9 +1551,9 @@ def write_index(reports_dir: Path, run: Mapping[str, Any]) -> Path:
 # optional static export (kaleido + Chrome)
 
 ENABLE_PDF_HINT = (
-    "To also get PNG/PDF files of the QI figures: install kaleido 1.x into the environment "
-    "(add 'kaleido>=1' to the project dependencies) and a Chrome or Chromium "
-    "(Debian/Ubuntu: apt-get install chromium; or run `plotly_get_chrome`). "
+    "To also get PNG/PDF files of the QI figures, install a Chrome or Chromium "
+    "(Debian/Ubuntu: apt-get install chromium) or point BROWSER_PATH at one; kaleido "
+    "(pinned in the project) finds it. "
     "The HTML reports never need them."
 )
 
