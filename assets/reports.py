@@ -308,9 +308,9 @@ def kpi_cells(con: duckdb.DuckDBPyConnection, period: Period, tables: set[str]) 
     }
     months = _df(con, KPI_MONTHS_SQL, params)
     wanted = set(TREND_KPIS)
-    months = months[
-        [(k, i) in wanted for k, i in zip(months["kpi"], months["instrument"], strict=True)]
-    ]
+    keep = [(k, i) in wanted for k, i in zip(months["kpi"], months["instrument"], strict=True)]
+    # a boolean Series, not a list: an empty list would select zero *columns*
+    months = months[pd.Series(keep, index=months.index, dtype=bool)]
     frames = [months]
     if "marts.clinic_kpis_episodes" in tables:
         equity = _df(con, EQUITY_SQL, params)
@@ -1499,7 +1499,15 @@ def write_folder(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     old = target.parent / f".{target.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Leftovers of a run killed mid-write (other pids): a kill between the two renames
+    # below leaves the previous reports only in '.old-<pid>': put them back first.
+    for stale in sorted(target.parent.glob(f".{target.name}.old-*")):
+        if not target.exists():
+            stale.rename(target)
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     try:
         for name, text in pages.items():
