@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,10 @@ def _step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
             data = event.step_failure_data
             error = data.error if data else None
+            # Dagster wraps what the step raised ("Error occurred while executing op"):
+            # the user needs the cause, e.g. "OSError: [Errno 28] No space left on device".
+            while error is not None and error.cause is not None:
+                error = error.cause
             text = error.message.strip() if error else "unknown error"
             # dg.Failure carries the description as the whole message.
             messages.append(f"{event.step_key}: {text.splitlines()[0] if text else text}")
@@ -95,10 +100,19 @@ def run(args: argparse.Namespace) -> int:
         if os.environ.get("DAGSTER_HOME")
         else (dg.DagsterInstance.ephemeral())
     )
+    # A run killed earlier (SIGKILL, power cut) would hold the warehouse pool slot for
+    # ever and this run would wait on it: fail such runs and free their slots first.
+    from pipelines.sensors import HOST_TAG, release_dead_runs
+
+    for run_id in release_dead_runs(instance):
+        print(f"Marked run {run_id} failed: its process was gone", file=sys.stderr)
     started = time.perf_counter()
     job = defs.resolve_job_def("refresh_all")
     run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
-    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config)
+    tags = {HOST_TAG: socket.gethostname()}
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False, run_config=run_config, tags=tags
+    )
     seconds = time.perf_counter() - started
     failed_checks = _failed_checks(result)
     errors = _step_errors(result)

@@ -120,7 +120,9 @@ def publish_snapshot(warehouse: Path, snapshot: Path, *, run_id: str) -> Snapsho
     tmp = snapshot.with_name(f"{snapshot.name}.tmp-{os.getpid()}")
     leftovers = [tmp, Path(f"{tmp}.wal")]
     try:
-        for path in leftovers:
+        # Also the temp copies of runs killed mid-copy (other pids): with the pool slot
+        # held, no other writer is alive, and each is a stray copy of clinical data.
+        for path in [*leftovers, *snapshot.parent.glob(f"{snapshot.name}.tmp-*")]:
             path.unlink(missing_ok=True)
         shutil.copyfile(warehouse, tmp)
         wal = Path(f"{warehouse}.wal")

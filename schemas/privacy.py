@@ -141,6 +141,16 @@ def identifier_like_values(values: pd.Series) -> str | None:
 
 
 def check_column_names(columns: list[str], source: str) -> None:
+    # A header that is itself an e-mail address or phone number (a pivoted export, a
+    # data row taken for the header) is named by position only: it is the identifier.
+    for position, column in enumerate(columns, start=1):
+        found = identifier_like_values(pd.Series([column], dtype="string"))
+        if found:
+            raise PrivacyError(
+                f"{source}: header column {position} looks like {found} (a direct identifier "
+                f"used as a column name; not repeated here). Remove it from the export and "
+                f"run again."
+            )
     flagged = [c for c in columns if identifier_like_name(c)]
     if flagged:
         raise PrivacyError(
