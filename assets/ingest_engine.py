@@ -15,27 +15,35 @@ Pure Python + DuckDB, no Dagster: the asset in assets/ingest.py wraps it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import json
 import logging
+import mmap
+import queue
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from assets.sql_runner import load_sql, run_script
 from schemas import privacy, rules
 from schemas.exports import ColumnInfo, columns_of, export_schemas, rule_of_failure
-from schemas.parsing import TEXT, parse
+from schemas.parsing import TEXT, from_typed_source, parse, parse_once, remember
 from schemas.registry import Registry, fold_code
 from schemas.settings import Settings
 from schemas.staging import STAGING_TABLES, create_tables
@@ -52,16 +60,23 @@ SQL_TYPES = {
     "date": "DATE",
     "timestamp": "TIMESTAMP",
 }
-# Columns ingest adds to a table beyond its export columns (filled in SQL).
-EXTRA_COLUMNS = {
-    "assessments": {
-        "total": "DOUBLE",
-        "items_answered": "INTEGER",
-        "prorated": "BOOLEAN",
-        "instrument_raw": "VARCHAR",
-    },
-    "assessment_items": {"keyed_score": "DOUBLE"},
+# What each staging table is published from: the scratch table, or a view of
+# it with the columns scoring adds (assets/sql/ingest_scoring.sql).
+PUBLISHED_FROM = {
+    "assessments": "_assessments_scored",
+    "assessment_items": "_items_keyed",
 }
+
+
+# Work tables live in this attached scratch database during a run.
+SCRATCH = "ingest_scratch"
+# DuckDB's buffer pool during an ingest: beyond it, work tables spill to disk.
+INGEST_MEMORY_LIMIT = "2GB"
+
+
+def _remove_database_files(path: Path) -> None:
+    for p in (path, Path(f"{path}.wal")):
+        p.unlink(missing_ok=True)
 
 
 class IngestError(ValueError):
@@ -164,39 +179,94 @@ def _header(sf: SourceFile) -> list[str]:
     return _csv_header(sf)
 
 
-def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text columns with surrounding blanks trimmed and empty strings as NA."""
-    out = frame.astype(TEXT)
-    for col in out.columns:
-        out[col] = out[col].str.strip().replace("", pd.NA)
-    return out
+@dataclass
+class Chunk:
+    """Rows of one file as normalised text, plus the typed columns they were rendered from."""
+
+    text: pa_arrow.Table
+    typed: dict[str, pa_arrow.ChunkedArray] = field(default_factory=dict)
 
 
-def read_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Raw text chunks of one file, each with its 1-based data row in ``_source_row``."""
+def _normalise_arrow(table: pa_arrow.Table) -> Chunk:
+    """Every column as text, surrounding blanks trimmed and empty strings as null.
+
+    Numeric (Parquet) columns are rendered as text; a rendered number has no
+    blanks to trim and is never empty, and the numbers are kept beside it.
+    """
+    cols, typed = [], {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        t = col.type
+        if pa_arrow.types.is_integer(t) or pa_arrow.types.is_floating(t):
+            typed[name] = col
+            cols.append(col.cast(pa_arrow.string()))
+            continue
+        if not pa_arrow.types.is_string(t):
+            col = col.cast(pa_arrow.string())
+        col = pc.utf8_trim_whitespace(col)
+        cols.append(pc.if_else(pc.equal(col, ""), pa_arrow.scalar(None, pa_arrow.string()), col))
+    return Chunk(pa_arrow.Table.from_arrays(cols, names=table.column_names), typed)
+
+
+def _rebatch(batches: Iterator[pa_arrow.RecordBatch], rows: int) -> Iterator[pa_arrow.Table]:
+    """Tables of exactly ``rows`` rows (the last may be shorter) from a stream of batches."""
+    pending: list[pa_arrow.RecordBatch] = []
+    have = 0
+    for batch in batches:
+        while batch.num_rows:
+            take = min(rows - have, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            have += take
+            batch = batch.slice(take)
+            if have == rows:
+                yield pa_arrow.Table.from_batches(pending)
+                pending, have = [], 0
+    if have:
+        yield pa_arrow.Table.from_batches(pending)
+
+
+# Bytes Arrow's CSV reader parses at a time (its rows are then cut into chunks).
+CSV_BLOCK_BYTES = 1 << 24
+
+
+class _ArrowCsvFailed(Exception):
+    """Arrow's CSV reader refused the file: read it again with pandas (exact messages)."""
+
+
+def _arrow_csv_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[Chunk]:
+    """Fast path: Arrow's multithreaded CSV reader, every column read as text.
+
+    Any row Arrow will not take (a short or long row, bad UTF-8 ...) raises
+    ``_ArrowCsvFailed`` and the file is read again by ``_pandas_csv_chunks``,
+    whose behaviour and messages are the reference.
+    """
+    header = _csv_header(sf)
+    with sf.path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        quoted = data.find(b'"') >= 0  # no quote: no newline can sit inside a value
+    try:
+        reader = pacsv.open_csv(
+            sf.path,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, encoding="utf8"),
+            parse_options=pacsv.ParseOptions(newlines_in_values=quoted),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa_arrow.string() for name in header},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        names = reader.schema.names
+        if [n.strip() for n in names] != header or not all(
+            pa_arrow.types.is_string(t) for t in reader.schema.types
+        ):
+            raise _ArrowCsvFailed("header read differently")
+        for table in _rebatch(iter(reader), chunk_rows):
+            yield _normalise_arrow(table)
+    except (pa_arrow.ArrowException, UnicodeDecodeError) as exc:
+        raise _ArrowCsvFailed(str(exc)) from exc
+
+
+def _pandas_csv_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[Chunk]:
+    """Reference path: pandas' C parser (pads short rows, names malformed lines)."""
     start = 1
-    if sf.path.suffix.lower() == ".parquet":
-        try:
-            reader = pq.ParquetFile(sf.path)
-            batches = reader.iter_batches(batch_size=chunk_rows)
-            for batch in batches:
-                cols = [
-                    c.cast(pa_arrow.string()) if not pa_arrow.types.is_string(c.type) else c
-                    for c in batch.columns
-                ]
-                frame = pa_arrow.Table.from_arrays(cols, names=batch.schema.names).to_pandas(
-                    types_mapper=lambda _t: TEXT
-                )
-                frame = _normalise(frame)
-                frame.index = pd.RangeIndex(start, start + len(frame))
-                frame["_source_row"] = frame.index
-                start += len(frame)
-                yield frame
-        except IngestError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise IngestError(f"{sf.relative}: could not read the Parquet data ({exc})") from exc
-        return
     try:
         reader = pd.read_csv(
             sf.path,
@@ -209,17 +279,40 @@ def read_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[pd.DataFrame]:
             engine="c",
         )
         for frame in reader:
-            frame = _normalise(frame)
-            frame.index = pd.RangeIndex(start, start + len(frame))
-            frame["_source_row"] = frame.index
+            table = pa_arrow.Table.from_pandas(frame.astype(TEXT), preserve_index=False)
             start += len(frame)
-            yield frame
+            yield _normalise_arrow(table)
     except UnicodeDecodeError as exc:
         raise IngestError(
             f"{sf.relative}: not UTF-8 text ({exc.reason}) near data row {start}"
         ) from exc
     except pd.errors.ParserError as exc:
         raise IngestError(f"{sf.relative}: malformed CSV near data row {start}: {exc}") from exc
+
+
+def _parquet_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[Chunk]:
+    try:
+        reader = pq.ParquetFile(sf.path)
+        for table in _rebatch(reader.iter_batches(batch_size=chunk_rows), chunk_rows):
+            yield _normalise_arrow(table)
+    except IngestError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise IngestError(f"{sf.relative}: could not read the Parquet data ({exc})") from exc
+
+
+def read_chunks(sf: SourceFile, chunk_rows: int, fast: bool = True) -> Iterator[Chunk]:
+    """Normalised text chunks of one file, in file order (data row = position + 1).
+
+    With ``fast`` a CSV file goes through Arrow's reader, which may raise
+    ``_ArrowCsvFailed`` part-way; the caller then starts the file again with
+    ``fast=False``.
+    """
+    if sf.path.suffix.lower() == ".parquet":
+        return _parquet_chunks(sf, chunk_rows)
+    if fast:
+        return _arrow_csv_chunks(sf, chunk_rows)
+    return _pandas_csv_chunks(sf, chunk_rows)
 
 
 # --------------------------------------------------------------------------- row rules
@@ -255,19 +348,90 @@ def _first_rules(schema: pa.DataFrameSchema, raw: pd.DataFrame) -> pd.DataFrame:
 
 def _typed(
     raw: pd.DataFrame, columns: list[ColumnInfo], settings: Settings, registry: Registry
-) -> pd.DataFrame:
-    out = pd.DataFrame(index=raw.index)
+) -> dict[str, pd.Series]:
+    """Typed values of every column (each parsed once per chunk inside ``parse_once``)."""
+    out: dict[str, pd.Series] = {}
     for c in columns:
         values = parse(c.kind, raw[c.name], settings.tz)
         if c.default is not None:
             values = values.fillna(c.default)
         out[c.name] = values
     if "instrument" in out:
+        # Canonical codes: fold each distinct spelling once, not each row.
         fold = registry.fold_map()
-        out["instrument"] = (
-            raw["instrument"].map(lambda v: fold.get(fold_code(v)), na_action="ignore").astype(TEXT)
-        )
+        spellings = raw["instrument"].dropna().unique()
+        canonical = {v: fold.get(fold_code(v)) for v in spellings}
+        out["instrument"] = raw["instrument"].map(canonical).astype(TEXT)
     return out
+
+
+def keeps_raw(c: ColumnInfo) -> bool:
+    """Whether a column's export text differs from its typed value and must be kept.
+
+    Text and enum columns are staged as the (trimmed) text itself, so their
+    typed column is their raw record; numbers, dates, defaults and folded
+    instrument codes are not.
+    """
+    return c.kind not in ("string", "enum") or c.default is not None or c.name == "instrument"
+
+
+def raw_sql(c: ColumnInfo) -> str:
+    """SQL for a column's export text in a scratch table."""
+    return f'"raw_{c.name}"' if keeps_raw(c) else f'"{c.name}"'
+
+
+def _as_text(_t: pa_arrow.DataType) -> pd.api.extensions.ExtensionDtype:
+    return TEXT
+
+
+def _arrow_of(values: pd.Series) -> pa_arrow.Array | pa_arrow.ChunkedArray:
+    array = values.array
+    if hasattr(array, "_pa_array"):
+        return array._pa_array
+    return pa_arrow.Array.from_pandas(values)
+
+
+def _in_background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Run a generator in a second thread, ``depth`` items ahead of the consumer.
+
+    Reading and validating the next chunk (pyarrow, pandas, Pandera) then
+    overlaps with DuckDB writing the previous one, so both cores work.
+    Exceptions of the generator are raised in the consumer.
+    """
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("done", None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put("error", exc)
+
+    worker = threading.Thread(target=work, name="ingest-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()
 
 
 # --------------------------------------------------------------------------- engine
@@ -291,6 +455,7 @@ class Ingest:
         self.log = logger or log
         self.reports: dict[str, TableReport] = {}
         self.warnings: list[str] = []
+        self._home_db = ""
 
     # -- reading and row rules ------------------------------------------------
 
@@ -304,16 +469,12 @@ class Ingest:
             "_rule VARCHAR",
             "_detail VARCHAR",
         ]
-        defs += [f'"raw_{c.name}" VARCHAR' for c in cols]
+        defs += [f'"raw_{c.name}" VARCHAR' for c in cols if keeps_raw(c)]
         defs += [f'"{c.name}" {SQL_TYPES[c.kind]}' for c in cols]
-        defs += [f"{n} {t}" for n, t in EXTRA_COLUMNS.get(table, {}).items()]
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE _in_{table} ({', '.join(defs)})")
+        self.con.execute(f"CREATE OR REPLACE TABLE _in_{table} ({', '.join(defs)})")
 
     def _load_table(self, table: str) -> None:
         schema = self.schemas[table]
-        cols = columns_of(schema)
-        names = [c.name for c in cols]
-        required = [c.name for c in cols if c.required]
         report = TableReport(table)
         self.reports[table] = report
         self._create_scratch(table)
@@ -327,8 +488,37 @@ class Ingest:
             report.present = False
             self.log.info("%s: optional export not present", table)
             return
-        rid = 0
         ignored: set[str] = set()
+        for kind, sf, chunk in _in_background(self._prepared_chunks(table, files, ignored)):
+            if kind == "restart":
+                self.con.execute(f"DELETE FROM _in_{table} WHERE _file_order = ?", [sf.order])
+                continue
+            self.con.register("_chunk", chunk)
+            self.con.execute(
+                f"INSERT INTO _in_{table} BY NAME "
+                "SELECT *, $file AS source_file, $order AS _file_order FROM _chunk",
+                {"file": sf.relative, "order": sf.order},
+            )
+            self.con.unregister("_chunk")
+        report.files = [sf.relative for sf in files]
+        report.ignored_columns = sorted(ignored)
+        if ignored:
+            self.log.warning("%s: ignored extra columns %s", table, ", ".join(sorted(ignored)))
+            self.warnings.append(f"{table}: ignored extra columns {', '.join(sorted(ignored))}")
+
+    def _prepared_chunks(
+        self, table: str, files: list[SourceFile], ignored: set[str]
+    ) -> Iterator[tuple[str, SourceFile, pa_arrow.Table | None]]:
+        """(kind, file, rows) for the scratch table, file by file (runs in a second thread).
+
+        ``("restart", file, None)``: Arrow gave up part-way through a CSV file;
+        its rows so far must be dropped, it is read again by pandas.
+        """
+        schema = self.schemas[table]
+        cols = columns_of(schema)
+        names = [c.name for c in cols]
+        required = [c.name for c in cols if c.required]
+        rid = 0
         for sf in files:
             started = time.perf_counter()
             header = _header(sf)
@@ -343,49 +533,85 @@ class Ingest:
                     f"(the {table} export needs {', '.join(required)})"
                 )
             ignored |= set(header) - set(names)
-            report.files.append(sf.relative)
-            file_rows = 0
-            for raw in read_chunks(sf, self.settings.ingest_chunk_rows):
-                privacy.check_column_values(raw.drop(columns="_source_row"), sf.relative)
-                for c in names:
-                    if c not in raw:
-                        raw[c] = pd.Series(pd.NA, index=raw.index, dtype=TEXT)
-                body = raw[names]
-                failures = _first_rules(schema, body)
-                typed = _typed(body, cols, self.settings, self.registry)
-                frame = pd.DataFrame(
-                    {
-                        "_rid": pd.RangeIndex(rid, rid + len(raw)),
-                        "_file_order": sf.order,
-                        "source_file": sf.relative,
-                        "source_row": raw["_source_row"].to_numpy(),
-                    },
-                    index=raw.index,
-                )
-                frame["_rule"] = failures["_rule"].reindex(raw.index).astype(TEXT)
-                frame["_detail"] = failures["_detail"].reindex(raw.index).astype(TEXT)
-                for c in names:
-                    frame[f"raw_{c}"] = body[c]
-                for c in names:
-                    frame[c] = typed[c]
-                if table == "assessments":
-                    frame["instrument_raw"] = body["instrument"]
-                self.con.register("_chunk", frame)
-                self.con.execute(f"INSERT INTO _in_{table} BY NAME SELECT * FROM _chunk")
-                self.con.unregister("_chunk")
-                rid += len(raw)
-                file_rows += len(raw)
+            file_rid, fast = rid, True
+            while True:
+                try:
+                    for chunk in read_chunks(sf, self.settings.ingest_chunk_rows, fast):
+                        first_row = rid - file_rid + 1
+                        yield (
+                            "chunk",
+                            sf,
+                            self._prepare_chunk(schema, cols, sf, chunk, rid, first_row),
+                        )
+                        rid += chunk.text.num_rows
+                    break
+                except _ArrowCsvFailed as exc:
+                    self.log.info(
+                        "%s: read again with pandas after %s rows (Arrow's CSV reader: %s)",
+                        sf.relative,
+                        f"{rid - file_rid:,}",
+                        str(exc).splitlines()[0][:200],
+                    )
+                    if rid != file_rid:
+                        yield "restart", sf, None
+                    rid, fast = file_rid, False
             self.log.info(
                 "%s: read %s rows from %s in %.2fs",
                 table,
-                f"{file_rows:,}",
+                f"{rid - file_rid:,}",
                 sf.relative,
                 time.perf_counter() - started,
             )
-        report.ignored_columns = sorted(ignored)
-        if ignored:
-            self.log.warning("%s: ignored extra columns %s", table, ", ".join(sorted(ignored)))
-            self.warnings.append(f"{table}: ignored extra columns {', '.join(sorted(ignored))}")
+
+    def _prepare_chunk(
+        self,
+        schema: pa.DataFrameSchema,
+        cols: list[ColumnInfo],
+        sf: SourceFile,
+        chunk: Chunk,
+        rid: int,
+        first_row: int,
+    ) -> pa_arrow.Table:
+        """Row rules and typed values of one chunk, as rows of the scratch table."""
+        text = chunk.text
+        n = text.num_rows
+        frame = text.to_pandas(types_mapper=_as_text)
+        frame.index = pd.RangeIndex(first_row, first_row + n)
+        privacy.check_column_values(frame, sf.relative)
+        present = set(text.column_names)
+        for c in cols:
+            if c.name not in present:
+                frame[c.name] = pd.Series(pd.NA, index=frame.index, dtype=TEXT)
+        body = frame[[c.name for c in cols]]
+        with parse_once():
+            for c in cols:
+                if c.name in chunk.typed:
+                    parsed = from_typed_source(c.kind, chunk.typed[c.name])
+                    if parsed is not None:
+                        remember(c.kind, body[c.name], parsed, self.settings.tz)
+            typed = _typed(body, cols, self.settings, self.registry)
+            failures = _first_rules(schema, body)
+        out: dict[str, Any] = {
+            "_rid": np.arange(rid, rid + n, dtype=np.int64),
+            "source_row": np.arange(first_row, first_row + n, dtype=np.int64),
+        }
+        if len(failures):
+            positions = failures.index.to_numpy(dtype=np.int64) - first_row
+            for name in ("_rule", "_detail"):
+                values = np.full(n, None, dtype=object)
+                values[positions] = failures[name].to_numpy(dtype=object)
+                out[name] = pa_arrow.array(values, pa_arrow.string())
+        else:
+            out["_rule"] = out["_detail"] = pa_arrow.nulls(n, pa_arrow.string())
+        for c in cols:
+            raw = text.column(c.name) if c.name in present else pa_arrow.nulls(n, pa_arrow.string())
+            if keeps_raw(c):
+                out[f"raw_{c.name}"] = raw
+            if c.kind in ("string", "enum") and c.default is None and c.name != "instrument":
+                out[c.name] = raw
+            else:
+                out[c.name] = _arrow_of(typed[c.name])
+        return pa_arrow.table(out)
 
     # -- cross-table rules ----------------------------------------------------
 
@@ -401,8 +627,11 @@ class Ingest:
     def _mark_duplicates(self, table: str) -> None:
         key = self.schemas[table].metadata["key"]
         cols = ", ".join(f'"{k}"' for k in key)
-        raw_row = ", ".join(f'"raw_{c.name}"' for c in columns_of(self.schemas[table]))
+        raw_row = ", ".join(raw_sql(c) for c in columns_of(self.schemas[table]))
         label = ", ".join(key)
+        # Keys seen more than once are rare: find them with one aggregate on a hash
+        # of the key, then order the copies of those keys only (by the key itself,
+        # so a hash collision marks nothing).
         self.con.execute(f"""
             UPDATE _in_{table} AS t
             SET _rule = '{rules.DUPLICATE_KEY}',
@@ -416,7 +645,10 @@ class Ingest:
                        first_value(source_row) OVER w AS first_row,
                        count(DISTINCT raw_row) OVER (PARTITION BY {cols}) = 1 AS exact
                 FROM (SELECT *, hash({raw_row}) AS raw_row
-                      FROM _in_{table} WHERE _rule IS NULL)
+                      FROM _in_{table}
+                      WHERE _rule IS NULL AND hash({cols}) IN (
+                          SELECT hash({cols}) FROM _in_{table} WHERE _rule IS NULL
+                          GROUP BY ALL HAVING count(*) > 1))
                 WINDOW w AS (PARTITION BY {cols} ORDER BY _rid)
             ) AS d
             WHERE t._rid = d._rid AND d.copy > 1
@@ -463,12 +695,13 @@ class Ingest:
         registry_frame = self.registry.frame()
         quarantine_selects = []
         for table in STAGING_TABLES:
-            raw_cols = [c.name for c in columns_of(self.schemas[table])]
-            struct = ", ".join(f'"{c}" := "raw_{c}"' for c in raw_cols)
+            struct = ", ".join(
+                f'"{c.name}" := {raw_sql(c)}' for c in columns_of(self.schemas[table])
+            )
             quarantine_selects.append(
                 f"SELECT '{table}' AS table_name, source_file, source_row, "
                 f"to_json(struct_pack({struct}))::VARCHAR AS record, _rule AS rule, "
-                f"_detail AS detail, $run_id AS run_id, _rid FROM _in_{table} "
+                f"_detail AS detail, $run_id AS run_id, _rid FROM {SCRATCH}._in_{table} "
                 f"WHERE _rule IS NOT NULL"
             )
         con.execute("BEGIN TRANSACTION")
@@ -493,12 +726,17 @@ class Ingest:
                     ).fetchall()
                 ]
                 cols = ", ".join(f'"{c}"' for c in staging_cols)
+                # Rows go in file order: scratch rows were written in _rid order and
+                # DuckDB keeps insertion order through a plain scan, not through the
+                # joins of the scored views, which are sorted.
+                source = PUBLISHED_FROM.get(table)
                 con.execute(
                     f"INSERT INTO staging.{table} ({cols}) SELECT {cols} "
-                    f"FROM _in_{table} WHERE _rule IS NULL ORDER BY _rid"
+                    f"FROM {SCRATCH}.{source or '_in_' + table} WHERE _rule IS NULL"
+                    + (" ORDER BY _rid" if source else "")
                 )
             con.execute(
-                "INSERT INTO staging.risk_responses SELECT * FROM _risk_responses "
+                f"INSERT INTO staging.risk_responses SELECT * FROM {SCRATCH}._risk_responses "
                 "ORDER BY assessment_id, item"
             )
             con.register("_registry", registry_frame)
@@ -522,11 +760,11 @@ class Ingest:
                 {"run_id": self.run_id, "tables": list(STAGING_TABLES)},
             )
             con.execute(
-                """
+                f"""
                 CREATE TABLE quarantine.total_mismatches AS
                 SELECT 'assessments' AS table_name, source_file, source_row, assessment_id,
                        total_score AS supplied_total, total AS computed_total, $run_id AS run_id
-                FROM _in_assessments
+                FROM {SCRATCH}._assessments_scored
                 WHERE _rule IS NULL AND items_answered IS NOT NULL AND total_score IS NOT NULL
                   AND abs(total - total_score) > $tol
                 ORDER BY _rid
@@ -563,8 +801,9 @@ class Ingest:
             )
             assert sum(report.by_rule.values()) == report.rows_quarantined
         mismatches = self.con.execute(
-            "SELECT count(*) FROM _in_assessments WHERE _rule IS NULL AND items_answered IS NOT "
-            "NULL AND total_score IS NOT NULL AND abs(total - total_score) > ?",
+            "SELECT count(*) FROM _assessments_scored WHERE _rule IS NULL "
+            "AND items_answered IS NOT NULL AND total_score IS NOT NULL "
+            "AND abs(total - total_score) > ?",
             [self.settings.total_mismatch_tolerance],
         ).fetchall()[0][0]
         if mismatches:
@@ -574,19 +813,70 @@ class Ingest:
                 f"used (see quarantine.total_mismatches)"
             )
 
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[None]:
+        """Work tables in a scratch database beside the warehouse, deleted afterwards.
+
+        A file (not TEMP tables in memory) so that memory stays bounded by
+        DuckDB's buffer pool whatever the size of the exports; the warehouse
+        itself only ever receives the published tables.
+        """
+        con = self.con
+        home, path = con.execute(
+            "SELECT database_name, path FROM duckdb_databases() "
+            "WHERE database_name = current_database()"
+        ).fetchall()[0]
+        self._home_db = home
+        scratch = Path(f"{path}.ingest-scratch") if path else None
+        if scratch is not None:
+            _remove_database_files(scratch)
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        con.execute(f"SET memory_limit = '{INGEST_MEMORY_LIMIT}'")
+        con.execute(f"ATTACH '{scratch or ':memory:'}' AS {SCRATCH}")
+        con.execute(f"USE {SCRATCH}")
+
+        def release() -> None:
+            con.execute(f'USE "{home}"')
+            # Dropped first so that detaching does not write the work tables out.
+            for kind, name in con.execute(
+                "SELECT 'VIEW', view_name FROM duckdb_views() WHERE database_name = $db "
+                "UNION ALL SELECT 'TABLE', table_name FROM duckdb_tables() "
+                "WHERE database_name = $db",
+                {"db": SCRATCH},
+            ).fetchall():
+                con.execute(f'DROP {kind} IF EXISTS {SCRATCH}."{name}"')
+            con.execute(f"DETACH {SCRATCH}")
+            con.execute(f"SET memory_limit = '{limit}'")
+
+        try:
+            yield
+        except BaseException:
+            # A failing cleanup (e.g. DETACH's checkpoint on a full disk) must not hide
+            # the error that stopped the ingest.
+            with contextlib.suppress(Exception):
+                release()
+            raise
+        else:
+            release()
+        finally:
+            if scratch is not None:
+                _remove_database_files(scratch)
+
     def run(self) -> IngestResult:
         started = time.perf_counter()
         exports = Path(self.settings.exports_dir)
         if not exports.is_dir():
             raise IngestError(f"exports folder {exports} does not exist (OUTCOMES_EXPORTS_DIR)")
         self.log.info("ingest %s from %s", self.run_id, exports)
-        for table in STAGING_TABLES:
-            self._load_table(table)
-        window_as_of = self._window_as_of()
-        self._cross_table(window_as_of)
-        as_of, source = self._data_as_of()
-        self._count()
-        self._publish(as_of, source)
+        with self._scratch():
+            for table in STAGING_TABLES:
+                self._load_table(table)
+            window_as_of = self._window_as_of()
+            self._cross_table(window_as_of)
+            as_of, source = self._data_as_of()
+            self._count()
+            self.con.execute(f'USE "{self._home_db}"')
+            self._publish(as_of, source)
         seconds = time.perf_counter() - started
         for r in self.reports.values():
             self.log.info(

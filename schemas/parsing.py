@@ -6,9 +6,13 @@ and produce the typed staging columns, so the two can never disagree.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,13 +33,18 @@ def _text(s: pd.Series) -> pd.Series:
     return s.astype(TEXT).str.strip()
 
 
-def _arrow(s: pd.Series) -> pa.Array:
-    """Trimmed Arrow strings of a Series (zero-copy for Arrow-backed text)."""
+def _untrimmed(s: pd.Series) -> pa.Array:
+    """Arrow strings of a Series (zero-copy for Arrow-backed text)."""
     values = s.astype(TEXT).array
     arr = values._pa_array if hasattr(values, "_pa_array") else pa.array(values, pa.string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    return pc.utf8_trim_whitespace(arr)
+    return arr
+
+
+def _arrow(s: pd.Series) -> pa.Array:
+    """Trimmed Arrow strings of a Series (zero-copy for Arrow-backed text)."""
+    return pc.utf8_trim_whitespace(_untrimmed(s))
 
 
 def _series(arr: pa.Array, index: pd.Index, dtype: str) -> pd.Series:
@@ -72,6 +81,29 @@ def parse_date(s: pd.Series) -> pd.Series:
     return _series(parsed, s.index, "datetime64[us]")
 
 
+# pandas' nanosecond range: outside it pandas (the reference parser) gives NaT.
+_PANDAS_RANGE = (
+    pa.scalar(pd.Timestamp.min.ceil("s").to_pydatetime(), pa.timestamp("s")),
+    pa.scalar(pd.Timestamp.max.floor("s").to_pydatetime(), pa.timestamp("s")),
+)
+
+
+def _plain_timestamps(text: pd.Series) -> np.ndarray | None:
+    """'YYYY-MM-DD[T ]HH:MM:SS' values as datetime64[us], as pandas would parse them.
+
+    None (use pandas) when Arrow refuses any value (a 30 February, hour 24 ...)
+    or one lies outside pandas' range.
+    """
+    try:
+        parsed = pc.cast(_untrimmed(text), pa.timestamp("s"))
+    except pa.ArrowInvalid:
+        return None
+    low, high = _PANDAS_RANGE
+    if parsed.null_count or pc.any(pc.or_(pc.less(parsed, low), pc.greater(parsed, high))).as_py():
+        return None
+    return parsed.cast(pa.timestamp("us")).to_numpy(zero_copy_only=False)
+
+
 def parse_timestamp(s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:
     """ISO timestamps -> naive clinic local time (edge rule 12).
 
@@ -85,6 +117,13 @@ def parse_timestamp(s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:
     has_offset &= ~text.str.match(_DATE).fillna(False).astype(bool)
     out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[us]")
     naive = shape_ok & ~has_offset
+    # Nineteen characters of that shape without an offset is 'YYYY-MM-DD[T ]HH:MM:SS',
+    # the layout nearly every export uses: Arrow's strict ISO cast, ~20x faster.
+    plain = naive & (text.str.len() == 19)
+    fast = _plain_timestamps(text[plain]) if plain.any() else None
+    if fast is not None:
+        out[plain] = fast
+        naive &= ~plain
     if naive.any():
         out[naive] = pd.to_datetime(text[naive], format="ISO8601", errors="coerce").astype(
             "datetime64[us]"
@@ -98,13 +137,100 @@ def parse_timestamp(s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:
 PARSERS = {"int": parse_int, "float": parse_float, "date": parse_date}
 
 
-def parse(kind: str, s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:
-    """Typed values of one column kind ('string', 'enum', 'int', 'float', 'date', 'timestamp')."""
+def _parse(kind: str, s: pd.Series, tz: ZoneInfo | str) -> pd.Series:
     if kind == "timestamp":
         return parse_timestamp(s, tz)
     if kind in PARSERS:
         return PARSERS[kind](s)
     return s.astype(TEXT)
+
+
+# Parsed columns of the chunk being validated, by (kind, zone, column name): the
+# Pandera checks and the typed staging columns then parse each column once.
+_MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("parse_memo", default=None)
+
+
+@contextlib.contextmanager
+def parse_once() -> Iterator[None]:
+    """Within the block, parsing the same text of a column again reuses the result.
+
+    Pandera hands a check the column's non-null values only; a hit is taken only
+    when the values handed in are, label by label, the text parsed before.
+    """
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+def _memo_hit(entry: tuple[pd.Series, pd.Series], s: pd.Series) -> pd.Series | None:
+    text, parsed = entry
+    if len(s) == len(text) and s.index.equals(text.index):
+        positions = None
+    else:
+        positions = text.index.get_indexer(s.index)
+        if len(positions) and positions.min() < 0:
+            return None
+    given = _untrimmed(s)
+    known = _untrimmed(text)
+    if positions is not None:
+        known = known.take(pa.array(positions))
+    if given.null_count != known.null_count or not given.equals(known):
+        return None
+    if positions is None:
+        return parsed
+    out = parsed.iloc[positions]
+    out.index = s.index
+    return out
+
+
+def parse(kind: str, s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:
+    """Typed values of one column kind ('string', 'enum', 'int', 'float', 'date', 'timestamp')."""
+    memo = _MEMO.get()
+    if memo is None or kind in ("string", "enum") or s.name is None:
+        return _parse(kind, s, tz)
+    key = (kind, str(tz) if kind == "timestamp" else "", s.name)
+    entry = memo.get(key)
+    if entry is not None:
+        hit = _memo_hit(entry, s)
+        if hit is not None:
+            return hit
+    parsed = _parse(kind, s, tz)
+    if entry is None or len(s) >= len(entry[0]):
+        memo[key] = (s, parsed)
+    return parsed
+
+
+def from_typed_source(kind: str, source: pa.Array | pa.ChunkedArray) -> pd.Series | None:
+    """What ``parse(kind, text)`` gives when the text is Arrow's rendering of typed values.
+
+    A Parquet export may hold numbers as numbers; the ingest renders them as
+    text (so every row goes through the same text rules). Parsing that text
+    back gives the numbers again, so it can be skipped: an integer stays
+    itself, a float stays itself unless NaN or infinite (rendered 'nan',
+    'inf', which are not numbers here). None when there is no such shortcut.
+    tests/test_chunking.py checks the equivalence on generated values.
+    """
+    t = source.type
+    if kind == "int" and (
+        pa.types.is_signed_integer(t) or (pa.types.is_unsigned_integer(t) and t.bit_width < 64)
+    ):
+        return pc.cast(source, pa.int64()).to_pandas(types_mapper=pd.ArrowDtype).astype("Int64")
+    if kind == "float" and pa.types.is_floating(t):
+        values = pc.cast(source, pa.float64())
+        finite = pc.is_finite(values)
+        values = pc.if_else(finite, values, pa.scalar(None, pa.float64()))
+        return values.to_pandas(types_mapper=pd.ArrowDtype).astype("Float64")
+    return None
+
+
+def remember(kind: str, s: pd.Series, parsed: pd.Series, tz: ZoneInfo | str = "UTC") -> None:
+    """Inside ``parse_once``: ``parse(kind, s)`` is ``parsed`` (see from_typed_source)."""
+    memo = _MEMO.get()
+    if memo is not None and s.name is not None:
+        parsed.index = s.index
+        memo[(kind, str(tz) if kind == "timestamp" else "", s.name)] = (s, parsed)
 
 
 def unparseable(kind: str, s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:

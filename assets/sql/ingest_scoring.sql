@@ -4,72 +4,95 @@
 -- not scored (too_many_missing_items) beyond that; 'mean' instruments (GBO)
 -- take the mean of the answered items with no missing-item rule. Without
 -- items the supplied total_score is used, if present and within range.
+--
+-- Item rows are the largest table by far: nothing here rewrites them. Keyed
+-- scores are a view, totals a table joined when staging is published, and
+-- only the few rows that break a rule are updated.
 
 -- Reverse keying: a reverse item counts as (item_min + item_max - response).
-UPDATE _in_assessment_items AS i
-SET keyed_score = CASE
-        WHEN list_contains(string_split(coalesce(r.reverse_items, ''), ','), CAST(i.item AS VARCHAR))
-            THEN r.item_min + r.item_max - i.score
-        ELSE i.score
-    END
-FROM _in_assessments AS a
-JOIN _instruments AS r ON r.code = a.instrument
-WHERE i._rule IS NULL AND a._rule IS NULL AND a.assessment_id = i.assessment_id;
+-- reverse_items is a comma-separated list of item numbers ('2,3').
+CREATE OR REPLACE TABLE _reverse_items AS
+SELECT DISTINCT code, TRY_CAST(part AS BIGINT) AS item
+FROM (SELECT code, unnest(string_split(reverse_items, ',')) AS part
+      FROM _instruments WHERE reverse_items IS NOT NULL)
+WHERE CAST(TRY_CAST(part AS BIGINT) AS VARCHAR) = part;
 
-CREATE OR REPLACE TEMP TABLE _scored AS
-SELECT a._rid,
-       r.items, r.max_missing, r.scoring, r.total_min, r.total_max,
-       coalesce(agg.answered, 0) AS answered, agg.keyed_sum, agg.keyed_mean,
-       had.assessment_id IS NOT NULL AS had_item_rows,
-       a.total_score
-FROM _in_assessments AS a
-JOIN _instruments AS r ON r.code = a.instrument
-LEFT JOIN (
-    SELECT assessment_id, count(*) AS answered, sum(keyed_score) AS keyed_sum,
-           avg(keyed_score) AS keyed_mean
-    FROM _in_assessment_items
-    WHERE _rule IS NULL
+-- Every item row with its keyed score (NULL unless the row and its
+-- administration are both still valid when the view is read).
+CREATE OR REPLACE VIEW _items_keyed AS
+SELECT i.*,
+       CASE WHEN rv.item IS NOT NULL THEN r.item_min + r.item_max - i.score
+            ELSE i.score END AS keyed_score
+FROM _in_assessment_items AS i
+LEFT JOIN _in_assessments AS a
+  ON a.assessment_id = i.assessment_id AND a._rule IS NULL AND i._rule IS NULL
+LEFT JOIN _instruments AS r ON r.code = a.instrument
+LEFT JOIN _reverse_items AS rv ON rv.code = a.instrument AND rv.item = i.item;
+
+-- One row per valid administration: its scoring rule (NULL: scored) and total.
+CREATE OR REPLACE TABLE _scored AS
+WITH items AS (
+    SELECT assessment_id,
+           count(*) FILTER (WHERE _rule IS NULL) AS answered,
+           sum(keyed_score) FILTER (WHERE _rule IS NULL) AS keyed_sum,
+           avg(keyed_score) FILTER (WHERE _rule IS NULL) AS keyed_mean
+    FROM _items_keyed
     GROUP BY assessment_id
-) AS agg ON agg.assessment_id = a.assessment_id
-LEFT JOIN (
-    SELECT DISTINCT raw_assessment_id AS assessment_id FROM _in_assessment_items
-) AS had ON had.assessment_id = a.assessment_id
-WHERE a._rule IS NULL;
+),
+s AS (
+    SELECT a._rid, a.assessment_id, a.instrument, a.total_score,
+           r.items, r.max_missing, r.scoring, r.total_min, r.total_max,
+           coalesce(it.answered, 0) AS answered, it.keyed_sum, it.keyed_mean,
+           it.assessment_id IS NOT NULL AS had_item_rows
+    FROM _in_assessments AS a
+    JOIN _instruments AS r ON r.code = a.instrument
+    LEFT JOIN items AS it ON it.assessment_id = a.assessment_id
+    WHERE a._rule IS NULL
+)
+SELECT _rid, assessment_id,
+       CASE
+           WHEN max_missing IS NOT NULL AND (answered > 0 OR had_item_rows)
+                AND items - answered > max_missing
+               THEN 'too_many_missing_items'
+           WHEN answered = 0 AND total_score IS NULL THEN 'no_score'
+           WHEN answered = 0 AND (total_score < total_min OR total_score > total_max)
+               THEN 'out_of_range'
+       END AS rule,
+       CASE
+           WHEN max_missing IS NOT NULL AND (answered > 0 OR had_item_rows)
+                AND items - answered > max_missing
+               THEN (items - answered) || ' of ' || items || ' items missing; at most '
+                    || max_missing || ' may be missing for ' || instrument
+           WHEN answered = 0 AND total_score IS NULL
+               THEN 'no item responses and no total_score'
+           WHEN answered = 0 AND (total_score < total_min OR total_score > total_max)
+               THEN 'total_score: ' || total_score || ' is outside ' || total_min || '..'
+                    || total_max || ' for ' || instrument
+       END AS detail,
+       CASE
+           WHEN answered = 0 THEN total_score
+           WHEN scoring = 'mean' THEN keyed_mean
+           WHEN answered = items THEN keyed_sum
+           ELSE keyed_mean * items
+       END AS total,
+       CASE WHEN answered > 0 THEN answered END AS items_answered,
+       answered > 0 AND scoring = 'sum' AND answered < items AS prorated
+FROM s;
 
 UPDATE _in_assessments AS a
-SET _rule = CASE
-        WHEN s.max_missing IS NOT NULL AND (s.answered > 0 OR s.had_item_rows)
-             AND s.items - s.answered > s.max_missing
-            THEN 'too_many_missing_items'
-        WHEN s.answered = 0 AND s.total_score IS NULL THEN 'no_score'
-        WHEN s.answered = 0 AND (s.total_score < s.total_min OR s.total_score > s.total_max)
-            THEN 'out_of_range'
-    END,
-    _detail = CASE
-        WHEN s.max_missing IS NOT NULL AND (s.answered > 0 OR s.had_item_rows)
-             AND s.items - s.answered > s.max_missing
-            THEN (s.items - s.answered) || ' of ' || s.items || ' items missing; at most '
-                 || s.max_missing || ' may be missing for ' || a.instrument
-        WHEN s.answered = 0 AND s.total_score IS NULL
-            THEN 'no item responses and no total_score'
-        WHEN s.answered = 0 AND (s.total_score < s.total_min OR s.total_score > s.total_max)
-            THEN 'total_score: ' || s.total_score || ' is outside ' || s.total_min || '..'
-                 || s.total_max || ' for ' || a.instrument
-    END,
-    total = CASE
-        WHEN s.answered = 0 THEN s.total_score
-        WHEN s.scoring = 'mean' THEN s.keyed_mean
-        WHEN s.answered = s.items THEN s.keyed_sum
-        ELSE s.keyed_mean * s.items
-    END,
-    items_answered = CASE WHEN s.answered > 0 THEN s.answered END,
-    prorated = s.answered > 0 AND s.scoring = 'sum' AND s.answered < s.items
+SET _rule = s.rule, _detail = s.detail
 FROM _scored AS s
-WHERE a._rid = s._rid;
+WHERE a._rid = s._rid AND s.rule IS NOT NULL;
+
+-- Administrations as staging receives them: with their scored columns.
+CREATE OR REPLACE VIEW _assessments_scored AS
+SELECT a.*, s.total, s.items_answered, s.prorated
+FROM _in_assessments AS a
+LEFT JOIN _scored AS s ON s._rid = a._rid;
 
 -- Risk items are a safety signal (edge rule 6): keep every valid risk-item
 -- response, including those of administrations quarantined for missing items.
-CREATE OR REPLACE TEMP TABLE _risk_responses AS
+CREATE OR REPLACE TABLE _risk_responses AS
 SELECT a.assessment_id, a.episode_id, a.client_id, a.instrument, a.administered_at,
        CAST(i.item AS INTEGER) AS item, i.score, a._rule IS NULL AS staged
 FROM _in_assessments AS a
@@ -85,5 +108,4 @@ SET _rule = 'unknown_reference',
     _detail = 'assessment_id ' || i.assessment_id
               || ' was quarantined when it was scored (see its own row)'
 WHERE i._rule IS NULL
-  AND NOT EXISTS (SELECT 1 FROM _in_assessments AS a
-                  WHERE a._rule IS NULL AND a.assessment_id = i.assessment_id);
+  AND i.assessment_id IN (SELECT assessment_id FROM _scored WHERE rule IS NOT NULL);
