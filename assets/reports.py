@@ -1583,6 +1583,9 @@ def export_static(figs: Mapping[str, go.Figure], folder: Path, logger: Any = Non
     logger = logger or log
     if not figs:
         return []
+    if os.environ.get("OUTCOMES_STATIC_EXPORT", "auto").lower() in ("off", "0", "false", "no"):
+        logger.info("Static export skipped: OUTCOMES_STATIC_EXPORT is off.")
+        return []
     try:
         import kaleido  # noqa: F401  (optional dependency, imported lazily)
     except ImportError:

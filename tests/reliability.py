@@ -101,6 +101,10 @@ class Site:
             OUTCOMES_EXPORTS_DIR=str(self.exports),
             OUTCOMES_WAREHOUSE=str(self.warehouse),
             OUTCOMES_REPORTS_DIR=str(self.reports),
+            # Runs here are forked from the test process (threads already started):
+            # starting kaleido's Chromium bridge in such a child can crash it, and
+            # the PNG/PDF side files are not what these tests check.
+            OUTCOMES_STATIC_EXPORT="off",
         )
         env.update(extra)
         return env
