@@ -62,16 +62,24 @@ SQL_TYPES = {
 }
 # What each staging table is published from: the scratch table, or a view of
 # it with the columns scoring adds (assets/sql/ingest_scoring.sql).
-PUBLISHED_FROM = {
-    "assessments": "_assessments_scored",
-    "assessment_items": "_items_keyed",
-}
+PUBLISHED_FROM = {"assessments": "_assessments_scored"}
+# Columns the scratch table has beyond its export columns, filled at load time
+# as a copy of another column (and changed in SQL where they differ).
+LOADED_AS = {"assessment_items": {"keyed_score": ("DOUBLE", "score")}}
 
 
 # Work tables live in this attached scratch database during a run.
 SCRATCH = "ingest_scratch"
-# DuckDB's buffer pool during an ingest: beyond it, work tables spill to disk.
-INGEST_MEMORY_LIMIT = "2GB"
+# DuckDB's buffer pool during an ingest, beyond which work tables, joins and sorts
+# spill to disk: twice the size of the export files, within these bounds (the
+# 200k-episode tier gets the minimum, the 1M tier ~4.6 GB; see 008-scale.md).
+INGEST_MEMORY_MIN = 2 << 30
+INGEST_MEMORY_MAX = 6 << 30
+
+
+def ingest_memory_limit(exports_bytes: int) -> int:
+    """Bytes of DuckDB buffer pool for an ingest of ``exports_bytes`` of files."""
+    return min(INGEST_MEMORY_MAX, max(INGEST_MEMORY_MIN, 2 * exports_bytes))
 
 
 def _remove_database_files(path: Path) -> None:
@@ -471,6 +479,7 @@ class Ingest:
         ]
         defs += [f'"raw_{c.name}" VARCHAR' for c in cols if keeps_raw(c)]
         defs += [f'"{c.name}" {SQL_TYPES[c.kind]}' for c in cols]
+        defs += [f'"{n}" {t}' for n, (t, _) in LOADED_AS.get(table, {}).items()]
         self.con.execute(f"CREATE OR REPLACE TABLE _in_{table} ({', '.join(defs)})")
 
     def _load_table(self, table: str) -> None:
@@ -494,9 +503,13 @@ class Ingest:
                 self.con.execute(f"DELETE FROM _in_{table} WHERE _file_order = ?", [sf.order])
                 continue
             self.con.register("_chunk", chunk)
+            copies = "".join(
+                f', "{source}" AS "{name}"'
+                for name, (_, source) in LOADED_AS.get(table, {}).items()
+            )
             self.con.execute(
                 f"INSERT INTO _in_{table} BY NAME "
-                "SELECT *, $file AS source_file, $order AS _file_order FROM _chunk",
+                f"SELECT *, $file AS source_file, $order AS _file_order{copies} FROM _chunk",
                 {"file": sf.relative, "order": sf.order},
             )
             self.con.unregister("_chunk")
@@ -728,7 +741,7 @@ class Ingest:
                 cols = ", ".join(f'"{c}"' for c in staging_cols)
                 # Rows go in file order: scratch rows were written in _rid order and
                 # DuckDB keeps insertion order through a plain scan, not through the
-                # joins of the scored views, which are sorted.
+                # join of the scored view, which is sorted.
                 source = PUBLISHED_FROM.get(table)
                 con.execute(
                     f"INSERT INTO staging.{table} ({cols}) SELECT {cols} "
@@ -813,6 +826,13 @@ class Ingest:
                 f"used (see quarantine.total_mismatches)"
             )
 
+    def _exports_bytes(self) -> int:
+        try:
+            files = [sf for t in STAGING_TABLES for sf in discover(self.settings.exports_dir, t)]
+        except IngestError:
+            return 0  # reported with its file when the table is read
+        return sum(sf.path.stat().st_size for sf in files)
+
     @contextlib.contextmanager
     def _scratch(self) -> Iterator[None]:
         """Work tables in a scratch database beside the warehouse, deleted afterwards.
@@ -830,8 +850,14 @@ class Ingest:
         scratch = Path(f"{path}.ingest-scratch") if path else None
         if scratch is not None:
             _remove_database_files(scratch)
-        limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-        con.execute(f"SET memory_limit = '{INGEST_MEMORY_LIMIT}'")
+        limit, threshold = con.execute(
+            "SELECT current_setting('memory_limit'), current_setting('checkpoint_threshold')"
+        ).fetchall()[0]
+        pool = ingest_memory_limit(self._exports_bytes())
+        con.execute(f"SET memory_limit = '{pool >> 20}MiB'")
+        # No automatic checkpoint of the work tables between statements: they are
+        # dropped at the end, and rewriting them mid-run cost minutes at 1M episodes.
+        con.execute("SET checkpoint_threshold = '1TB'")
         con.execute(f"ATTACH '{scratch or ':memory:'}' AS {SCRATCH}")
         con.execute(f"USE {SCRATCH}")
 
@@ -847,6 +873,7 @@ class Ingest:
                 con.execute(f'DROP {kind} IF EXISTS {SCRATCH}."{name}"')
             con.execute(f"DETACH {SCRATCH}")
             con.execute(f"SET memory_limit = '{limit}'")
+            con.execute(f"SET checkpoint_threshold = '{threshold}'")
 
         try:
             yield

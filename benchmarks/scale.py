@@ -170,9 +170,10 @@ def _tree_rss(root: int) -> int:
 class MemoryPoller(threading.Thread):
     """Peak resident memory of a process tree, sampled every ``interval`` seconds."""
 
-    def __init__(self, pid: int, interval: float = 0.2):
+    def __init__(self, pid: int, interval: float = 0.2, cap: float | None = None):
         super().__init__(daemon=True)
-        self.pid, self.interval, self.peak = pid, interval, 0
+        self.pid, self.interval, self.peak, self.cap = pid, interval, 0, cap
+        self.capped = False  # the tree went over ``cap`` bytes and was killed
         self.samples: list[tuple[float, int]] = []  # (unix time, bytes)
         self._stop_event = threading.Event()
 
@@ -181,6 +182,9 @@ class MemoryPoller(threading.Thread):
             rss = _tree_rss(self.pid)
             self.samples.append((time.time(), rss))
             self.peak = max(self.peak, rss)
+            if self.cap and rss > self.cap and not self.capped:
+                self.capped = True  # protect a shared machine: stop the run
+                os.killpg(self.pid, signal.SIGKILL)
             self._stop_event.wait(self.interval)
 
     def peak_between(self, start: float, end: float | None) -> int:
@@ -247,11 +251,14 @@ def step_timings(dagster_home: Path) -> tuple[str | None, list[dict[str, Any]]]:
         return run_id, out
 
 
-def run_refresh(exports: Path, workdir: Path, timeout: float | None) -> dict[str, Any]:
+def run_refresh(
+    exports: Path, workdir: Path, timeout: float | None, max_rss: float | None = None
+) -> dict[str, Any]:
     """``python -m pipelines.cli run`` in a fresh process; wall, CPU, peak memory, sizes.
 
-    After ``timeout`` seconds the run's process group is killed; the steps
-    finished by then are still reported (exit code "timeout").
+    After ``timeout`` seconds, or once the process tree holds more than
+    ``max_rss`` bytes, the run's process group is killed; the steps finished by
+    then are still reported (exit code "timeout" or "memory cap").
     """
     home = workdir / "dagster_home"
     home.mkdir(parents=True)
@@ -279,7 +286,7 @@ def run_refresh(exports: Path, workdir: Path, timeout: float | None) -> dict[str
             stderr=err,
             start_new_session=True,
         )
-        poller = MemoryPoller(proc.pid)
+        poller = MemoryPoller(proc.pid, cap=max_rss)
         poller.start()
         try:
             code: int | str = proc.wait(timeout=timeout)
@@ -288,6 +295,8 @@ def run_refresh(exports: Path, workdir: Path, timeout: float | None) -> dict[str
             proc.wait()
             code = "timeout"
         poller.stop()
+        if poller.capped:
+            code = "memory cap"
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     run_id, steps = step_timings(home)
@@ -465,6 +474,13 @@ def main(argv: list[str] | None = None) -> int:
         default=3600,
         help="seconds before a run is stopped and reported as such (default 3600)",
     )
+    parser.add_argument(
+        "--max-rss-gb",
+        type=float,
+        default=16.0,
+        help="stop a run whose processes hold more memory than this (default 16; the "
+        "machine is shared), reported as such",
+    )
     args = parser.parse_args(argv)
     tiers = [parse_tier(t) for group in (args.tiers or ["10k,200k"]) for t in group.split(",")]
 
@@ -478,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="run-", dir=exports.parent))
         log(f"{tier_label(episodes)}: refresh_all in a fresh process (work folder {workdir})")
         try:
-            run = run_refresh(exports, workdir, args.timeout)
+            run = run_refresh(exports, workdir, args.timeout, args.max_rss_gb * GB)
         finally:
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)

@@ -295,3 +295,77 @@ def test_leftovers_of_a_killed_writer_are_cleared_by_the_next_run(tmp_path):
         "warehouse.duckdb",
         "warehouse.snapshot.duckdb",
     ]
+
+
+def _commit_then_die(database: str) -> None:
+    """Child: commit one replace_tables transaction, start another, SIGKILL mid-way."""
+    import signal
+
+    import duckdb
+    import pandas as pd
+
+    from assets.sql_runner import replace_tables
+
+    con = duckdb.connect(database)
+    con.execute("SET checkpoint_threshold = '1TB'")  # keep the commit in the WAL
+    con.execute("PRAGMA disable_checkpoint_on_shutdown")
+    frame = pd.DataFrame({"y": range(20_000), "label": [f"row {i}" for i in range(20_000)]})
+    replace_tables(con, {"marts.a": "SELECT range * 2 AS x FROM range(100000)", "marts.b": frame})
+    con.execute("BEGIN TRANSACTION")
+    con.execute("CREATE OR REPLACE TABLE marts.a AS SELECT 0 AS x")
+    con.execute("INSERT INTO marts.b SELECT -1, 'uncommitted'")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_wal_replay_is_all_or_nothing_per_transaction(tmp_path):
+    """A kill leaves DuckDB's write-ahead log; on open it is replayed transaction by
+    transaction. The kills above rarely leave one (the pipeline's connections close,
+    which checkpoints), so this pins it: a committed replace_tables is all there, an
+    uncommitted one not at all, and a WAL torn at any byte (a kill mid-commit) gives
+    the previous version, never part of the new one and never a file that will not open."""
+    import shutil
+
+    import duckdb
+
+    from assets.sql_runner import replace_tables
+
+    database = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute("CREATE SCHEMA marts")
+        replace_tables(con, {"marts.a": "SELECT 1 AS x", "marts.b": "SELECT 1 AS y, 'x' AS label"})
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child dies by SIGKILL
+        try:
+            _commit_then_die(str(database))
+        finally:
+            os._exit(70)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == -9
+    wal = tmp_path / "warehouse.duckdb.wal"
+    assert wal.is_file()
+    shutil.copy(database, tmp_path / "db.orig")
+    shutil.copy(wal, tmp_path / "wal.orig")
+    log = (tmp_path / "wal.orig").read_bytes()
+
+    def state() -> tuple:
+        with duckdb.connect(str(database), read_only=True) as con:
+            return con.execute(
+                "SELECT (SELECT count(*) FROM marts.a), (SELECT sum(x) FROM marts.a), "
+                "(SELECT count(*) FROM marts.b), (SELECT min(y) FROM marts.b)"
+            ).fetchall()[0]
+
+    old, new = (1, 1, 1, 1), (100_000, 9_999_900_000, 20_000, 0)
+    assert state() == new  # the commit replayed, the open transaction gone
+    rng = random.Random(SEED)
+    cuts = sorted(
+        {0, 1, len(log) - 1, len(log) // 2}
+        | {rng.randrange(len(log)) for _ in range(bound(20, 200))}
+    )
+    seen = Counter()
+    for cut in cuts:
+        shutil.copy(tmp_path / "db.orig", database)
+        wal.write_bytes(log[:cut])
+        got = state()
+        assert got in (old, new), f"WAL torn at byte {cut} of {len(log)} gave {got}"
+        seen["new" if got == new else "old"] += 1
+    record("wal", {"wal_bytes": len(log), "torn_cuts": len(cuts), "states": dict(seen)})

@@ -5,29 +5,24 @@
 -- take the mean of the answered items with no missing-item rule. Without
 -- items the supplied total_score is used, if present and within range.
 --
--- Item rows are the largest table by far: nothing here rewrites them. Keyed
--- scores are a view, totals a table joined when staging is published, and
--- only the few rows that break a rule are updated.
+-- Item rows are the largest table by far: only the rows that change are
+-- updated (reverse-keyed responses, rows that break a rule); totals are a
+-- table joined when staging is published.
 
 -- Reverse keying: a reverse item counts as (item_min + item_max - response).
--- reverse_items is a comma-separated list of item numbers ('2,3').
+-- Items were loaded with keyed_score = score; the reverse-keyed responses of
+-- valid administrations are turned here. reverse_items lists item numbers ('2,3').
 CREATE OR REPLACE TABLE _reverse_items AS
 SELECT DISTINCT code, TRY_CAST(part AS BIGINT) AS item
 FROM (SELECT code, unnest(string_split(reverse_items, ',')) AS part
       FROM _instruments WHERE reverse_items IS NOT NULL)
 WHERE CAST(TRY_CAST(part AS BIGINT) AS VARCHAR) = part;
 
--- Every item row with its keyed score (NULL unless the row and its
--- administration are both still valid when the view is read).
-CREATE OR REPLACE VIEW _items_keyed AS
-SELECT i.*,
-       CASE WHEN rv.item IS NOT NULL THEN r.item_min + r.item_max - i.score
-            ELSE i.score END AS keyed_score
-FROM _in_assessment_items AS i
-LEFT JOIN _in_assessments AS a
-  ON a.assessment_id = i.assessment_id AND a._rule IS NULL AND i._rule IS NULL
-LEFT JOIN _instruments AS r ON r.code = a.instrument
-LEFT JOIN _reverse_items AS rv ON rv.code = a.instrument AND rv.item = i.item;
+UPDATE _in_assessment_items AS i
+SET keyed_score = r.item_min + r.item_max - i.score
+FROM _in_assessments AS a, _instruments AS r, _reverse_items AS rv
+WHERE i._rule IS NULL AND a._rule IS NULL AND a.assessment_id = i.assessment_id
+  AND r.code = a.instrument AND rv.code = a.instrument AND rv.item = i.item;
 
 -- One row per valid administration: its scoring rule (NULL: scored) and total.
 CREATE OR REPLACE TABLE _scored AS
@@ -36,7 +31,7 @@ WITH items AS (
            count(*) FILTER (WHERE _rule IS NULL) AS answered,
            sum(keyed_score) FILTER (WHERE _rule IS NULL) AS keyed_sum,
            avg(keyed_score) FILTER (WHERE _rule IS NULL) AS keyed_mean
-    FROM _items_keyed
+    FROM _in_assessment_items
     GROUP BY assessment_id
 ),
 s AS (
