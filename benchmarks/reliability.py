@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -36,6 +37,8 @@ SUITES = {
     "idempotence": "tests/test_idempotence.py",
 }
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+# The temp folders of the tests, shortened in the table.
+TMP = re.compile(r"/tmp/\S*?/(?=(?:site|wh|not_a_folder)/)")
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -94,7 +97,8 @@ def table(outcomes: dict[str, dict[str, int]], seed: int, seconds: float) -> str
         ),
         (
             "Fault scenarios (disk full, read-only, impossible paths)",
-            "; ".join(f"{k}: `{v}`" for k, v in faults.get("scenarios", {}).items()) or "?",
+            "; ".join(f"{k}: `{TMP.sub('…/', v)}`" for k, v in faults.get("scenarios", {}).items())
+            or "?",
             _held(outcomes, "test_faults"),
         ),
         (
