@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 import dagster as dg
 import duckdb
 import pandas as pd
-from scipy import stats
 
 from assets.core_marts import GROUP, _mart, _staging
 from assets.core_marts import _result as core_result
@@ -55,6 +54,8 @@ def pearson_with_ci(
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from scipy import stats  # noqa: PLC0415 (slow import, only needed here)
+
         result = stats.pearsonr(x, y)
     out["r"] = float(result.statistic)
     out["p_value"] = float(result.pvalue)

@@ -14,8 +14,6 @@ import dagster as dg
 import duckdb
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy import stats
 
 from assets.service_kpis import (
     CI_LEVEL,
@@ -84,6 +82,9 @@ def adjusted_outcomes(reference: pd.DataFrame) -> pd.DataFrame:
         improvement = sample["improvement"].astype(float)
         if len(sample) < 3 or not baseline.std(ddof=1) > 0:
             continue
+        import statsmodels.api as sm  # noqa: PLC0415 (slow import, only needed here)
+        from scipy import stats  # noqa: PLC0415
+
         model = sm.OLS(improvement.to_numpy(), sm.add_constant(baseline.to_numpy())).fit()
         sigma = math.sqrt(model.mse_resid)
         mean_ref = float(improvement.mean())

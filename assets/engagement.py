@@ -9,7 +9,6 @@ import dagster as dg
 import duckdb
 import numpy as np
 import pandas as pd
-from lifelines import KaplanMeierFitter
 
 from assets.service_kpis import (
     CI_LEVEL,
@@ -50,6 +49,8 @@ def kaplan_meier_table(durations: pd.Series, events: pd.Series, clients: pd.Seri
     events = events.astype(bool).to_numpy()
     clients = clients.to_numpy()
     timeline = np.arange(0, int(np.floor(durations.max())) + 1)
+    from lifelines import KaplanMeierFitter  # noqa: PLC0415 (slow import)
+
     kmf = KaplanMeierFitter(alpha=1 - CI_LEVEL).fit(durations, events, timeline=timeline)
     ci = kmf.confidence_interval_survival_function_
     rows = []

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 import dagster as dg
 import duckdb
 import pandas as pd
-from scipy import stats
 
 from assets.sql_runner import load_sql, preview_markdown, replace_tables
 from pipelines.resources import WAREHOUSE_POOL, OutcomesResource
@@ -65,6 +64,8 @@ KPI_COLUMNS = [
 
 def z_value(level: float = CI_LEVEL) -> float:
     """Two-sided normal quantile for a confidence level (1.959964 for 95%)."""
+    from scipy import stats  # noqa: PLC0415 (slow import, only needed here)
+
     return float(stats.norm.ppf(0.5 + level / 2))
 
 
