@@ -180,6 +180,26 @@ def test_duplicate_keys_keep_the_first_copy_and_report_exact_duplicates(tmp_path
     assert staged_ids(con, "sessions", "status") == ["attended", "attended", "no_show"]
 
 
+def test_repeated_item_numbers_beyond_the_bitmask_are_still_found(tmp_path):
+    # Item duplicates are looked for per administration with one bit per item
+    # number 0..62; other numbers (here 70 and -1, under an unknown
+    # administration, so no range rule applies first) must still be compared.
+    tables = base_tables()
+    for item in ("70", "70", "-1", "-1", "5"):
+        tables["assessment_items"].append({"assessment_id": "A404", "item": item, "score": "1"})
+    con, _ = run(tmp_path, tables)
+    # Rows 10-14: the second 70 and the second -1 are duplicates (rule 1 puts
+    # duplicate_key before unknown_reference); the first copies and item 5 are
+    # unknown references.
+    assert rejected(con) == [
+        ("assessment_items", "assessment_items.csv", 10, "unknown_reference"),
+        ("assessment_items", "assessment_items.csv", 11, "duplicate_key"),
+        ("assessment_items", "assessment_items.csv", 12, "unknown_reference"),
+        ("assessment_items", "assessment_items.csv", 13, "duplicate_key"),
+        ("assessment_items", "assessment_items.csv", 14, "unknown_reference"),
+    ]
+
+
 def test_first_copy_counts_among_rows_that_passed_row_rules(tmp_path):
     tables = base_tables()
     bad = dict(tables["sessions"][2], session_id="S9", status="Attended")  # row 4: bad_enum
