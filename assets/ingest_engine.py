@@ -769,13 +769,12 @@ class Ingest:
                 ]
                 cols = ", ".join(f'"{c}"' for c in staging_cols)
                 # Rows go in file order: scratch rows were written in _rid order and
-                # DuckDB keeps insertion order through a plain scan, not through the
-                # join of the scored view, which is sorted.
-                source = PUBLISHED_FROM.get(table)
+                # DuckDB keeps insertion order through a plain scan (and through
+                # the positional join of the scored view).
+                source = PUBLISHED_FROM.get(table, f"_in_{table}")
                 con.execute(
                     f"INSERT INTO staging.{table} ({cols}) SELECT {cols} "
-                    f"FROM {SCRATCH}.{source or '_in_' + table} WHERE _rule IS NULL"
-                    + (" ORDER BY _rid" if source else "")
+                    f"FROM {SCRATCH}.{source} WHERE _rule IS NULL"
                 )
             con.execute(
                 f"INSERT INTO staging.risk_responses SELECT * FROM {SCRATCH}._risk_responses "

@@ -79,11 +79,18 @@ SET _rule = s.rule, _detail = s.detail
 FROM _scored AS s
 WHERE a._rid = s._rid AND s.rule IS NOT NULL;
 
--- Administrations as staging receives them: with their scored columns.
-CREATE OR REPLACE VIEW _assessments_scored AS
-SELECT a.*, s.total, s.items_answered, s.prorated
+-- Administrations as staging receives them: with their scored columns. The
+-- scored columns are laid out row for row beside the scratch table (which holds
+-- its rows in _rid order) and joined by position: a keyed join of the wide rows
+-- would lose file order and sorting them back cost twice as much.
+CREATE OR REPLACE TABLE _scored_aligned AS
+SELECT s.total, s.items_answered, s.prorated
 FROM _in_assessments AS a
-LEFT JOIN _scored AS s ON s._rid = a._rid;
+LEFT JOIN _scored AS s ON s._rid = a._rid
+ORDER BY a._rid;
+
+CREATE OR REPLACE VIEW _assessments_scored AS
+SELECT * FROM _in_assessments POSITIONAL JOIN _scored_aligned;
 
 -- Risk items are a safety signal (edge rule 6): keep every valid risk-item
 -- response, including those of administrations quarantined for missing items.
