@@ -666,15 +666,12 @@ class Ingest:
             f"hash({cols}) IN (SELECT hash({cols}) FROM _in_{table} WHERE _rule IS NULL "
             "GROUP BY ALL HAVING count(*) > 1)"
         )
-        if key == ["assessment_id", "item"]:
-            # Item rows (the largest table): group by administration instead, 6x
-            # fewer groups. An administration can hold a repeated item only if it
-            # has more rows than distinct item numbers (a bit per number 0..62;
-            # any other number makes its administration a candidate).
+        if table == "assessment_items":
+            # The largest table: candidates come from the per-administration
+            # aggregate of ingest_item_ranges.sql (6x fewer groups than keys).
             candidates = (
-                f"assessment_id IN (SELECT assessment_id FROM _in_{table} WHERE _rule IS NULL "
-                "GROUP BY assessment_id HAVING count(*) > bit_count(bit_or("
-                "CASE WHEN item BETWEEN 0 AND 62 THEN 1::BIGINT << item END)))"
+                "assessment_id IN (SELECT assessment_id FROM _item_stats "
+                "WHERE n_rows > n_item_bits)"
             )
         self.con.execute(f"""
             UPDATE _in_{table} AS t
