@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 TEXT = pd.StringDtype("pyarrow")
 
 _INT = re.compile(r"^\s*[+-]?\d+(?:\.0*)?\s*$")
+_INT64_MAX = str(2**63 - 1)  # digits of the largest int64 (-2**63 itself is refused)
 _FLOAT = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _OFFSET = re.compile(r"(?:Z|[+-]\d{2}(?::?\d{2})?)$")
@@ -48,17 +49,31 @@ def _arrow(s: pd.Series) -> pa.Array:
 
 
 def _series(arr: pa.Array, index: pd.Index, dtype: str) -> pd.Series:
-    out = arr.to_pandas()
+    # Integers straight to Int64: through float64 (how NumPy holds nulls) they
+    # would lose digits beyond 2**53.
+    out = arr.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
     out.index = index  # relabel, never realign
     return out.astype(dtype)
 
 
 def parse_int(s: pd.Series) -> pd.Series:
-    """'45' and '45.0' -> 45 (edge rule 14); anything else -> NA."""
+    """'45' and '45.0' -> 45 (edge rule 14); anything else -> NA.
+
+    A whole number beyond 64 bits is not an integer here either (NA, so
+    ``bad_type``): casting it would raise and stop the whole ingest.
+    """
     text = _arrow(s)
     ok = pc.match_substring_regex(text, _INT.pattern)
     whole = pc.if_else(ok, pc.replace_substring_regex(text, r"\.0*$", ""), None)
-    return _series(pc.cast(whole, pa.int64()), s.index, "Int64")
+    digits = pc.replace_substring_regex(whole, r"^[+-]?0*", "")
+    length = pc.utf8_length(digits)
+    fits = pc.or_(
+        pc.less(length, len(_INT64_MAX)),
+        pc.and_(pc.equal(length, len(_INT64_MAX)), pc.less_equal(digits, _INT64_MAX)),
+    )
+    # Arrow's cast refuses a leading '+'.
+    signed = pc.replace_substring_regex(pc.if_else(fits, whole, None), r"^\+", "")
+    return _series(pc.cast(signed, pa.int64()), s.index, "Int64")
 
 
 def parse_float(s: pd.Series) -> pd.Series:

@@ -243,14 +243,16 @@ def apply_file_mutation(folder: Path, mutation: tuple) -> None:
     data = path.read_bytes()
     rng = random.Random(seed)
     header, _, body = data.partition(b"\n")
-    names = header.decode().split(",")
+    # Earlier mutations of the same file may have left bytes that are not UTF-8
+    # (latin1, nul, truncate): keep them as they are through any rewrite.
+    names = header.decode("utf-8", "surrogateescape").split(",")
     if kind == "crlf":
         data = data.replace(b"\n", b"\r\n")
     elif kind == "bom":
         data = b"\xef\xbb\xbf" + data
     elif kind == "latin1":
         lines = data.split(b"\n")
-        k = rng.randrange(1, max(2, len(lines) - 1))
+        k = rng.randrange(1, len(lines) - 1) if len(lines) > 2 else len(lines) - 1
         lines[k] = lines[k] + "Zoë".encode("latin-1")
         data = b"\n".join(lines)
     elif kind == "nul":
@@ -263,9 +265,11 @@ def apply_file_mutation(folder: Path, mutation: tuple) -> None:
     elif kind == "duplicate_header":
         j, k = rng.sample(range(len(names)), 2) if len(names) > 1 else (0, 0)
         names[k] = names[j]
-        data = ",".join(names).encode() + b"\n" + body
+        data = ",".join(names).encode("utf-8", "surrogateescape") + b"\n" + body
     elif kind in ("swap_columns", "extra_columns", "drop_column"):
-        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+        rows = list(
+            csv.DictReader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""))
+        )
         columns = list(names)
         if kind == "swap_columns":
             rng.shuffle(columns)
@@ -280,7 +284,7 @@ def apply_file_mutation(folder: Path, mutation: tuple) -> None:
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        data = out.getvalue().encode("utf-8")
+        data = out.getvalue().encode("utf-8", "surrogateescape")
     elif kind == "truncate":
         data = data[: rng.randrange(len(data) + 1)]
     elif kind == "stray_quote":
@@ -407,6 +411,33 @@ def test_file_mutations_never_crash_and_lose_nothing(base, tmp_path_factory, dat
     outcome = check_outcome(folder, {m[1] for m in rows + files}, ambiguous)
     OUTCOMES[outcome] += 1
     shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+# Cases the full run (benchmarks/reliability.py) found, kept as plain regressions.
+FOUND = {
+    # Product bug: a whole number beyond 64 bits made the integer cast raise.
+    "int64_overflow": ([("out_of_range", "sessions", 0, "duration_minutes", "9" * 20)], []),
+    # Harness bugs: a mutation of a file an earlier mutation had emptied or
+    # made non-UTF-8.
+    "latin1_after_empty": ([], [("empty", "episodes", 0, "=1+1"), ("latin1", "episodes", 0, "x")]),
+    "columns_after_latin1": (
+        [],
+        [("latin1", "episodes", 3, "x"), ("swap_columns", "episodes", 5, "x")],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOUND))
+def test_cases_found_by_the_full_run(base, tmp_path, case):
+    rows, files = FOUND[case]
+    tables = copy.deepcopy(base)
+    for m in rows:
+        apply_row_mutation(tables, m)
+    folder = write_exports(tmp_path / "exports", tables)
+    for m in files:
+        apply_file_mutation(folder, m)
+    ambiguous = any(m[0] in AMBIGUOUS for m in files)
+    assert check_outcome(folder, {m[1] for m in rows + files}, ambiguous) in ("ok", "ingest_error")
 
 
 @pytest.mark.parametrize("kind", ROW_KINDS + FILE_KINDS)

@@ -100,6 +100,11 @@ def test_conservation_and_cascade_from_a_rejected_episode(tmp_path):
         ("sessions", 2, "duration_minutes", "abc", "bad_type"),
         ("sessions", 2, "duration_minutes", "45.5", "bad_type"),
         ("sessions", 2, "duration_minutes", "481", "out_of_range"),
+        # Whole numbers beyond 64 bits are not integers (found by fuzzing: the
+        # cast raised and stopped the ingest); the largest int64 is a number.
+        ("sessions", 2, "duration_minutes", "99999999999999999999", "bad_type"),
+        ("sessions", 2, "duration_minutes", "9223372036854775808", "bad_type"),
+        ("sessions", 2, "duration_minutes", "9223372036854775807", "out_of_range"),
         ("sessions", 2, "duration_minutes", "0", "out_of_range"),
         ("sessions", 2, "scheduled_at", "next tuesday", "bad_type"),
         ("sessions", 2, "status", "Attended", "bad_enum"),
@@ -123,6 +128,7 @@ def test_boundary_values_pass(tmp_path):
     tables["sessions"][0]["duration_minutes"] = "1"
     tables["sessions"][1]["duration_minutes"] = "480"
     tables["goals"][0]["goal_number"] = "10"
+    tables["sessions"][2]["duration_minutes"] = "+0045.0"  # a sign and leading zeros: 45
     tables["episodes"][0]["referral_date"] = "2026-01-05"  # equal to start: allowed
     con, _ = run(tmp_path, tables)
     assert rejected(con) == []
