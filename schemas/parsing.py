@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 TEXT = pd.StringDtype("pyarrow")
 
 _INT = re.compile(r"^\s*[+-]?\d+(?:\.0*)?\s*$")
-_INT64_MAX = str(2**63 - 1)  # digits of the largest int64 (-2**63 itself is refused)
+_INT64_MAX, _INT64_MIN_DIGITS = str(2**63 - 1), str(2**63)  # same length: 19 digits
 _FLOAT = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _OFFSET = re.compile(r"(?:Z|[+-]\d{2}(?::?\d{2})?)$")
@@ -67,9 +67,10 @@ def parse_int(s: pd.Series) -> pd.Series:
     whole = pc.if_else(ok, pc.replace_substring_regex(text, r"\.0*$", ""), None)
     digits = pc.replace_substring_regex(whole, r"^[+-]?0*", "")
     length = pc.utf8_length(digits)
+    limit = pc.if_else(pc.starts_with(whole, "-"), _INT64_MIN_DIGITS, _INT64_MAX)
     fits = pc.or_(
         pc.less(length, len(_INT64_MAX)),
-        pc.and_(pc.equal(length, len(_INT64_MAX)), pc.less_equal(digits, _INT64_MAX)),
+        pc.and_(pc.equal(length, len(_INT64_MAX)), pc.less_equal(digits, limit)),
     )
     # Arrow's cast refuses a leading '+'.
     signed = pc.replace_substring_regex(pc.if_else(fits, whole, None), r"^\+", "")
