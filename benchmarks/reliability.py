@@ -36,6 +36,17 @@ SUITES = {
     "privacy": "tests/test_privacy_leaks.py",
     "idempotence": "tests/test_idempotence.py",
 }
+# The figures files (bench_results/reliability/<name>.json) each suite writes.
+FIGURES = {
+    "kill": ("kill", "wal"),
+    "faults": ("faults",),
+    "fuzz": ("fuzz", "formula"),
+    "privacy": ("privacy", "suppression"),
+    "idempotence": ("idempotence",),
+}
+# Per suite: the outcome of its last full run, its date and commit (a run of
+# some suites with --only keeps the others' last results).
+RUNS = "runs.json"
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 # The temp folders of the tests, shortened in the table.
 TMP = re.compile(r"/tmp/\S*?/(?=(?:site|wh|not_a_folder)/)")
@@ -58,17 +69,39 @@ def _outcomes(junit: Path) -> dict[str, dict[str, int]]:
             state = "failed"
         elif case.find("skipped") is not None:
             state = "skipped"
-        out.setdefault(module, {"passed": 0, "failed": 0, "skipped": 0})[state] += 1
+        counts = out.setdefault(module, {"passed": 0, "failed": 0, "skipped": 0, "seconds": 0})
+        counts[state] += 1
+        counts["seconds"] += round(float(case.get("time", 0)))
     return out
 
 
-def _held(outcomes: dict[str, dict[str, int]], module: str) -> str:
+def _held(outcomes: dict[str, dict[str, Any]], module: str) -> str:
     o = outcomes.get(module)
     if not o:
         return "not run"
+    when = ""
+    if o.get("date"):
+        when = f" ({o['date']}, {o['commit']}, {o.get('seconds', 0) / 60:.0f} min)"
     if o["failed"]:
-        return f"**NO** ({o['failed']} failed)"
-    return "yes" + (f" ({o['skipped']} skipped)" if o["skipped"] else "")
+        return f"**NO** ({o['failed']} failed){when}"
+    return "yes" + (f", {o['skipped']} skipped" if o["skipped"] else "") + when
+
+
+def _commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return done.stdout.strip() or "?"
+
+
+def _remember_runs(outcomes: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
+    """This run's outcomes merged over the last outcomes of the suites it did not run."""
+    path = RESULTS / RUNS
+    runs = json.loads(path.read_text()) if path.is_file() else {}
+    stamp = {"date": dt.date.today().isoformat(), "commit": _commit()}
+    runs.update({module: {**o, **stamp} for module, o in outcomes.items()})
+    path.write_text(json.dumps(runs, indent=2, sort_keys=True))
+    return runs
 
 
 def table(outcomes: dict[str, dict[str, int]], seed: int, seconds: float) -> str:
@@ -149,8 +182,9 @@ def table(outcomes: dict[str, dict[str, int]], seed: int, seconds: float) -> str
         ),
     ]
     lines = [
-        f"Last full run: {dt.date.today()}, seed {seed}, {seconds / 60:.0f} min "
-        "(`./dev python benchmarks/reliability.py`).",
+        f"Full runs (`./dev python benchmarks/reliability.py`, seed {seed}); the last "
+        f"took {seconds / 60:.0f} min. Each row comes from the last full run of its "
+        "suite: date, commit and duration in the last column.",
         "",
         "| what was tried | what the full run saw | held |",
         "| --- | --- | --- |",
@@ -182,18 +216,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     chosen = [SUITES[s.strip()] for s in args.only.split(",") if s.strip()]
+
     junit = RESULTS / "junit.xml"
+    names = [s.strip() for s in args.only.split(",") if s.strip()]
     if args.render_only:
         suites = ET.parse(junit).getroot().iter("testsuite") if junit.is_file() else []
         seconds = sum(float(s.get("time", 0)) for s in suites)
-        text = table(_outcomes(junit), args.seed, seconds)
+        path = RESULTS / RUNS
+        text = table(json.loads(path.read_text()) if path.is_file() else {}, args.seed, seconds)
         print(text)
         if not args.no_doc:
             write_doc(text)
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for old in RESULTS.glob("*.json"):
-        old.unlink()
+    for name in names:
+        for figures in FIGURES[name]:
+            (RESULTS / f"{figures}.json").unlink(missing_ok=True)
     env = {
         **os.environ,
         "RELIABILITY_FULL": "1",
@@ -208,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         env=env,
     ).returncode  # fmt: skip
     seconds = (dt.datetime.now() - started).total_seconds()
-    text = table(_outcomes(junit), args.seed, seconds)
+    text = table(_remember_runs(_outcomes(junit)), args.seed, seconds)
     print("\n" + text)
-    if not args.no_doc and len(chosen) == len(SUITES):
+    if not args.no_doc:
         write_doc(text)
         print(f"\nwrote {DOC.relative_to(ROOT)}")
     return code
