@@ -11,16 +11,22 @@ lines break there and a note under the chart names what was suppressed.
 pseudonymous ids, not an aggregate): the clinical cutoff from the registry,
 the reliable-change band around the baseline, the expected-trajectory band
 when the ETR mart has one, SRS on a second axis and attended / missed sessions.
+``trajectory_spec`` is the same chart as a plain plotly.js dict, for pages that
+draw one per open episode.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from assets.suppression import SUPPRESSED, require_suppressed
 
@@ -40,20 +46,54 @@ BAND = "rgba(0, 114, 178, 0.12)"
 EXPECTED_BAND = "rgba(0, 158, 115, 0.15)"
 MISSED_STATUSES = ("no_show", "late_cancelled")
 SUPPRESSED_TEXT = "suppressed"
+TEMPLATE = "plotly_white"
 FONT = dict(family="system-ui, -apple-system, 'Segoe UI', Roboto, Arial, sans-serif", size=12)
 
 
-def _base_layout(fig: go.Figure, title: str | None, height: int) -> go.Figure:
-    fig.update_layout(
-        title=dict(text=title, x=0, xanchor="left") if title else None,
-        height=height,
-        margin=dict(l=60, r=30, t=80 if title else 50, b=60),
-        template="plotly_white",
-        font=FONT,
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
-        hovermode="closest",
-    )
+def _layout(title: str | None, height: int) -> dict[str, Any]:
+    """The layout every chart starts from (without its template)."""
+    return {
+        "title": {"text": title, "x": 0, "xanchor": "left"} if title else {},
+        "height": height,
+        "margin": {"l": 60, "r": 30, "t": 80 if title else 50, "b": 60},
+        "font": dict(FONT),
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
+        "hovermode": "closest",
+    }
+
+
+def _apply_template(fig: go.Figure) -> None:
+    """Give ``fig`` the report template the way plotly gives a new figure its default one.
+
+    The registered template is valid already; ``update_layout(template=...)`` copies and
+    validates it again, ~12 ms a figure, which was most of the QI report's time.
+    """
+    layout = fig.layout
+    validate = layout._validate
+    layout._validate = False
+    try:
+        layout.template = pio.templates[TEMPLATE]
+    finally:
+        layout._validate = validate
+
+
+@functools.cache
+def template_json() -> dict[str, Any]:
+    """The report template as plotly.js reads it, computed once: shared, do not modify."""
+    return pio.templates[TEMPLATE].to_plotly_json()
+
+
+def _set_layout(fig: go.Figure, layout: Mapping[str, Any]) -> go.Figure:
+    """Apply a ``_layout``-style dict (its template left aside) to a graph-object figure."""
+    _apply_template(fig)
+    # title=None, not {}: plotly then keeps an empty title object, as plotly.js reads it
+    values = {k: v for k, v in layout.items() if k != "template"}
+    fig.update_layout(**values | {"title": values.get("title") or None})
     return fig
+
+
+def _base_layout(fig: go.Figure, title: str | None, height: int) -> go.Figure:
+    return _set_layout(fig, _layout(title, height))
 
 
 def _note(fig: go.Figure, text: str, width: int = 150, max_lines: int = 3) -> None:
@@ -123,16 +163,17 @@ def empty_figure(message: str, title: str | None = None, height: int = 220) -> g
 # client trajectory (per-client view)
 
 
-def _threshold(instrument: Any, name: str) -> Any:
-    if isinstance(instrument, Mapping):
-        return instrument.get(name)
-    return getattr(instrument, name, None)
-
-
 def _instrument_info(instrument: Any) -> dict[str, Any]:
     """Registry thresholds from an ``Instrument`` or a ``staging.instruments`` row."""
+    if isinstance(instrument, Mapping):
+        get = instrument.get
+    else:
+
+        def get(name: str) -> Any:
+            return getattr(instrument, name, None)
+
     info = {
-        name: _threshold(instrument, name)
+        name: get(name)
         for name in (
             "code",
             "cutoff",
@@ -151,10 +192,36 @@ def _instrument_info(instrument: Any) -> dict[str, Any]:
     return info
 
 
-def _times(frame: pd.DataFrame | None, column: str) -> list[pd.Timestamp]:
-    if frame is None or frame.empty or column not in frame.columns:
-        return []
-    return [pd.Timestamp(t) for t in frame[column].dropna()]
+Columns = Mapping[str, Any]  # a DataFrame, or column name -> array or list
+
+
+def times_text(values: Any) -> list[str]:
+    """Times as the ISO text plotly writes for a datetime column (microseconds, no zone).
+
+    A list of text is taken as it is: ``trajectory_spec`` compares such text as text, so it
+    must all be in this one form (as ``np.datetime_as_string(..., unit="us")`` writes it).
+    """
+    if isinstance(values, list) and (not values or isinstance(values[0], str)):
+        return values
+    return np.datetime_as_string(np.asarray(values, dtype="datetime64[us]"), unit="us").tolist()
+
+
+def _floats(values: Any) -> list[float]:
+    return values if isinstance(values, list) else np.asarray(values, dtype=float).tolist()
+
+
+def _shift(text: str, days: int) -> str:
+    moved = dt.datetime.fromisoformat(text) + dt.timedelta(days=days)
+    return moved.isoformat(timespec="microseconds")
+
+
+def _max(values: Sequence[float]) -> float:
+    """The largest non-missing value, NaN when there is none (as pandas' max)."""
+    return max((v for v in values if v == v), default=float("nan"))
+
+
+def _present(frame: Columns | None, column: str) -> bool:
+    return frame is not None and column in frame and len(frame[column]) > 0
 
 
 def client_trajectory(
@@ -182,181 +249,233 @@ def client_trajectory(
     expected: ``administered_at``, ``expected_score``, ``tolerance_lower``,
         ``tolerance_upper`` from ``marts.expected_trajectory``.
     """
+
+    def by_time(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+        return None if frame is None else frame.sort_values("administered_at")
+
+    spec = trajectory_spec(
+        scores.sort_values("administered_at"),
+        instrument,
+        sessions=sessions,
+        alliance=by_time(alliance),
+        alliance_instrument=alliance_instrument,
+        expected=by_time(expected),
+        title=title,
+        height=height,
+        show_legend=show_legend,
+        legend_below=legend_below,
+    )
+    if spec is None:
+        return empty_figure("No scores yet", title, height)
+    return _set_layout(go.Figure(data=spec["data"]), spec["layout"])
+
+
+def trajectory_spec(
+    scores: Columns,
+    instrument: Any,
+    *,
+    sessions: Columns | None = None,
+    alliance: Columns | None = None,
+    alliance_instrument: Any = None,
+    expected: Columns | None = None,
+    title: str | None = None,
+    height: int = 360,
+    show_legend: bool = True,
+    legend_below: bool = False,
+) -> dict[str, Any] | None:
+    """``client_trajectory`` as a plain plotly.js figure (``{"data", "layout"}``), or None
+    when there is no time to draw at all.
+
+    The caseload pages draw one chart per open episode (tens of thousands nationally):
+    building and validating graph objects took ~50 ms a chart, this takes well under one.
+    Same arguments as ``client_trajectory``, but ``scores``, ``alliance`` and ``expected``
+    must already be sorted by ``administered_at``, and any mapping of column name to array
+    or list will do; lists of times may be given as ``times_text`` (the caseload converts
+    whole columns at once). The layout's template is ``template_json()``, shared: do not
+    modify it.
+    """
     info = _instrument_info(instrument)
     code = info["code"] or "score"
-    scores = scores.sort_values("administered_at")
-    times = (
-        _times(scores, "administered_at")
-        + _times(sessions, "scheduled_at")
-        + _times(alliance, "administered_at")
-        + _times(expected, "administered_at")
-    )
-    fig = go.Figure()
-    if not times:
-        return empty_figure("No scores yet", title, height)
-    pad = pd.Timedelta(days=3)
-    x0, x1 = min(times) - pad, max(times) + pad
+    totals = _floats(scores["total"])
+    frames = {"sessions": sessions, "alliance": alliance, "expected": expected}
+    column = {"sessions": "scheduled_at", "alliance": "administered_at"}
+    iso = {"scores": times_text(scores["administered_at"])} | {
+        name: times_text(frame[column.get(name, "administered_at")])
+        for name, frame in frames.items()
+        if _present(frame, column.get(name, "administered_at"))
+    }
+    stamps = [t for values in iso.values() for t in values if t != "NaT"]
+    if not stamps:
+        return None
+    x0, x1 = _shift(min(stamps), -3), _shift(max(stamps), 3)
     y_min = info["total_min"]
-    y_max = info["total_max"] if info["total_max"] is not None else float(scores["total"].max())
+    y_max = info["total_max"] if info["total_max"] is not None else _max(totals)
+    data: list[dict[str, Any]] = []
 
     rc = info["rc_threshold"]
-    if rc is not None and not scores.empty:
-        baseline = float(scores["total"].iloc[0])
+    if rc is not None and totals:
+        baseline = float(totals[0])
         lo, hi = max(y_min, baseline - rc), min(y_max, baseline + rc)
-        fig.add_trace(
-            go.Scatter(
-                x=[x0, x1, x1, x0, x0],
-                y=[lo, lo, hi, hi, lo],
-                fill="toself",
-                fillcolor=BAND,
-                line=dict(width=0),
-                mode="lines",
-                name=f"Reliable change band (baseline {baseline:g} ± {rc:.3g})",
-                hoverinfo="skip",
-            )
+        data.append(
+            {
+                "type": "scatter",
+                "x": [x0, x1, x1, x0, x0],
+                "y": [lo, lo, hi, hi, lo],
+                "fill": "toself",
+                "fillcolor": BAND,
+                "line": {"width": 0},
+                "mode": "lines",
+                "name": f"Reliable change band (baseline {baseline:g} ± {rc:.3g})",
+                "hoverinfo": "skip",
+            }
         )
 
-    if expected is not None and not expected.empty:
-        e = expected.sort_values("administered_at")
-        fig.add_trace(
-            go.Scatter(
-                x=e["administered_at"],
-                y=e["tolerance_upper"],
-                mode="lines",
-                line=dict(width=0),
-                showlegend=False,
-                hoverinfo="skip",
-                name="Expected range upper",
-            )
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=e["administered_at"],
-                y=e["tolerance_lower"],
-                mode="lines",
-                line=dict(width=0),
-                fill="tonexty",
-                fillcolor=EXPECTED_BAND,
-                name="Expected range",
-                hoverinfo="skip",
-            )
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=e["administered_at"],
-                y=e["expected_score"],
-                mode="lines",
-                line=dict(color=PALETTE[2], dash="dash", width=1.5),
-                name="Expected (median of similar clients)",
-            )
-        )
+    if "expected" in iso:
+        e_at = iso["expected"]
+        bands = ("tolerance_upper", "tolerance_lower", "expected_score")
+        values = {c: _floats(expected[c]) for c in bands}
+        data += [
+            {
+                "type": "scatter",
+                "x": e_at,
+                "y": values["tolerance_upper"],
+                "mode": "lines",
+                "line": {"width": 0},
+                "showlegend": False,
+                "hoverinfo": "skip",
+                "name": "Expected range upper",
+            },
+            {
+                "type": "scatter",
+                "x": e_at,
+                "y": values["tolerance_lower"],
+                "mode": "lines",
+                "line": {"width": 0},
+                "fill": "tonexty",
+                "fillcolor": EXPECTED_BAND,
+                "name": "Expected range",
+                "hoverinfo": "skip",
+            },
+            {
+                "type": "scatter",
+                "x": e_at,
+                "y": values["expected_score"],
+                "mode": "lines",
+                "line": {"color": PALETTE[2], "dash": "dash", "width": 1.5},
+                "name": "Expected (median of similar clients)",
+            },
+        ]
 
     if info["cutoff"] is not None:
         op = ">=" if info["higher_is_worse"] else "<"
-        fig.add_trace(
-            go.Scatter(
-                x=[x0, x1],
-                y=[info["cutoff"], info["cutoff"]],
-                mode="lines",
-                line=dict(color=PALETTE[3], dash="dot", width=1.5),
-                name=f"Clinical cutoff ({op} {info['cutoff']:g})",
-                hoverinfo="name",
-            )
+        data.append(
+            {
+                "type": "scatter",
+                "x": [x0, x1],
+                "y": [info["cutoff"], info["cutoff"]],
+                "mode": "lines",
+                "line": {"color": PALETTE[3], "dash": "dot", "width": 1.5},
+                "name": f"Clinical cutoff ({op} {info['cutoff']:g})",
+                "hoverinfo": "name",
+            }
         )
 
-    fig.add_trace(
-        go.Scatter(
-            x=scores["administered_at"],
-            y=scores["total"],
-            mode="lines+markers",
-            line=dict(color=PALETTE[0], width=2),
-            marker=dict(size=7),
-            name=code,
-            hovertemplate="%{x|%Y-%m-%d}: %{y:.4g}<extra>" + code + "</extra>",
-        )
+    data.append(
+        {
+            "type": "scatter",
+            "x": iso["scores"],
+            "y": totals,
+            "mode": "lines+markers",
+            "line": {"color": PALETTE[0], "width": 2},
+            "marker": {"size": 7},
+            "name": code,
+            "hovertemplate": "%{x|%Y-%m-%d}: %{y:.4g}<extra>" + code + "</extra>",
+        }
     )
 
-    if sessions is not None and not sessions.empty:
-        attended = sessions[sessions["status"] == "attended"]
-        missed = sessions[sessions["status"].isin(MISSED_STATUSES)]
-        for frame, name, symbol, color in (
-            (attended, "Attended session", "circle", PALETTE[2]),
-            (missed, "Missed session", "x", PALETTE[3]),
+    if "sessions" in iso:
+        status = sessions["status"]
+        for keep, name, symbol, color in (
+            (("attended",), "Attended session", "circle", PALETTE[2]),
+            (MISSED_STATUSES, "Missed session", "x", PALETTE[3]),
         ):
-            if frame.empty:
+            x = [t for t, s in zip(iso["sessions"], status, strict=True) if s in keep]
+            if not x:
                 continue
-            fig.add_trace(
-                go.Scatter(
-                    x=frame["scheduled_at"],
-                    y=[y_min] * len(frame),
-                    mode="markers",
-                    marker=dict(symbol=symbol, size=8, color=color),
-                    cliponaxis=False,
-                    name=name,
-                    hovertemplate="%{x|%Y-%m-%d}<extra>" + name + "</extra>",
-                )
+            data.append(
+                {
+                    "type": "scatter",
+                    "x": x,
+                    "y": [y_min] * len(x),
+                    "mode": "markers",
+                    "marker": {"symbol": symbol, "size": 8, "color": color},
+                    "cliponaxis": False,
+                    "name": name,
+                    "hovertemplate": "%{x|%Y-%m-%d}<extra>" + name + "</extra>",
+                }
             )
 
-    fig.update_xaxes(range=[x0, x1], title_text=None)
-    fig.update_yaxes(
-        range=[y_min, y_max],
-        tickmode="linear",
-        tick0=y_min,
-        dtick=_nice_step(y_max - y_min),
-        title_text=code,
-        zeroline=False,
-    )
-    if alliance is not None and not alliance.empty:
+    layout = {"template": template_json(), **_layout(title, height)}
+    layout["xaxis"] = {"range": [x0, x1]}
+    layout["yaxis"] = _value_axis(y_min, y_max, code)
+    if "alliance" in iso:
         a_info = _instrument_info(alliance_instrument or {"code": "SRS"})
         a_code = a_info["code"] or "SRS"
+        a_totals = _floats(alliance["total"])
         a_min = a_info["total_min"]
-        a_max = a_info["total_max"] if a_info["total_max"] is not None else alliance["total"].max()
-        a = alliance.sort_values("administered_at")
-        fig.add_trace(
-            go.Scatter(
-                x=a["administered_at"],
-                y=a["total"],
-                yaxis="y2",
-                mode="lines+markers",
-                line=dict(color=PALETTE[4], width=1.5),
-                marker=dict(size=6, symbol="diamond"),
-                name=f"{a_code} (right axis)",
-                hovertemplate="%{x|%Y-%m-%d}: %{y:.4g}<extra>" + a_code + "</extra>",
-            )
+        a_max = a_info["total_max"] if a_info["total_max"] is not None else _max(a_totals)
+        data.append(
+            {
+                "type": "scatter",
+                "x": iso["alliance"],
+                "y": a_totals,
+                "yaxis": "y2",
+                "mode": "lines+markers",
+                "line": {"color": PALETTE[4], "width": 1.5},
+                "marker": {"size": 6, "symbol": "diamond"},
+                "name": f"{a_code} (right axis)",
+                "hovertemplate": "%{x|%Y-%m-%d}: %{y:.4g}<extra>" + a_code + "</extra>",
+            }
         )
         if a_info["cutoff"] is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[x0, x1],
-                    y=[a_info["cutoff"], a_info["cutoff"]],
-                    yaxis="y2",
-                    mode="lines",
-                    line=dict(color=PALETTE[4], dash="dot", width=1),
-                    name=f"Low {a_code} (< {a_info['cutoff']:g})",
-                    hoverinfo="name",
-                )
+            data.append(
+                {
+                    "type": "scatter",
+                    "x": [x0, x1],
+                    "y": [a_info["cutoff"], a_info["cutoff"]],
+                    "yaxis": "y2",
+                    "mode": "lines",
+                    "line": {"color": PALETTE[4], "dash": "dot", "width": 1},
+                    "name": f"Low {a_code} (< {a_info['cutoff']:g})",
+                    "hoverinfo": "name",
+                }
             )
-        fig.update_layout(
-            yaxis2=dict(
-                overlaying="y",
-                side="right",
-                range=[a_min, a_max],
-                tickmode="linear",
-                tick0=a_min,
-                dtick=_nice_step(a_max - a_min),
-                title_text=a_code,
-                showgrid=False,
-                zeroline=False,
-            )
-        )
-    _base_layout(fig, title, height)
-    fig.update_layout(showlegend=show_legend, hovermode="x unified")
+        layout["yaxis2"] = {
+            "overlaying": "y",
+            "side": "right",
+            **_value_axis(a_min, a_max, a_code),
+            "showgrid": False,
+        }
+    layout["showlegend"] = show_legend
+    layout["hovermode"] = "x unified"
     if legend_below:
-        fig.update_layout(
-            legend=dict(orientation="h", yanchor="top", y=-0.18, x=0, font=dict(size=10)),
-            margin=dict(t=30 if not title else 60, b=110),
+        layout["legend"].update(
+            {"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0, "font": {"size": 10}}
         )
-    return fig
+        layout["margin"].update({"t": 30 if not title else 60, "b": 110})
+    return {"data": data, "layout": layout}
+
+
+def _value_axis(low: float, high: float, code: str) -> dict[str, Any]:
+    """A score axis over an instrument's whole range, with round ticks, titled by its code."""
+    return {
+        "range": [low, high],
+        "tickmode": "linear",
+        "tick0": low,
+        "dtick": _nice_step(high - low),
+        "title": {"text": code},
+        "zeroline": False,
+    }
 
 
 def _nice_step(span: float) -> float:

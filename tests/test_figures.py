@@ -3,9 +3,12 @@ thresholds at the registry's values, and nothing drawn for a suppressed cell."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
 import pytest
 
 from assets import figures
@@ -134,6 +137,49 @@ def test_trajectory_takes_a_staging_instruments_row_and_the_expected_band():
 def test_trajectory_without_any_score_is_a_message():
     fig = figures.client_trajectory(SCORES.iloc[0:0], REGISTRY["PHQ-9"])
     assert fig.layout.annotations[0].text == "No scores yet"
+
+
+def test_trajectory_spec_is_plain_json_and_the_same_figure_from_numpy_columns():
+    """The caseload pages pass numpy slices, notebooks pass frames: one figure either way."""
+    expected = pd.DataFrame(
+        {
+            "administered_at": [ts("2026-03-16 10:05")],
+            "expected_score": [12.0],
+            "tolerance_lower": [6.0],
+            "tolerance_upper": [17.0],
+        }
+    )
+    frames = dict(sessions=SESSIONS, alliance=SRS, expected=expected)
+    arrays = {
+        name: {c: frame[c].to_numpy() for c in frame.columns} for name, frame in frames.items()
+    }
+    common = dict(alliance_instrument=REGISTRY["SRS"], height=360, legend_below=True)
+    from_frames = figures.trajectory_spec(SCORES, REGISTRY["PHQ-9"], **frames, **common)
+    from_arrays = figures.trajectory_spec(
+        {c: SCORES[c].to_numpy() for c in SCORES.columns},
+        REGISTRY["PHQ-9"],
+        **arrays,
+        **common,
+    )
+    assert json.dumps(from_frames) == json.dumps(from_arrays)  # plain JSON types only
+    assert from_frames["layout"]["template"] is figures.template_json()
+    graph = figures.client_trajectory(SCORES, REGISTRY["PHQ-9"], **frames, **common).to_dict()
+    assert [t["name"] for t in graph["data"]] == [t["name"] for t in from_frames["data"]]
+    assert by_name(go.Figure(graph), "PHQ-9").y == (18.0, 14.0, 9.0)
+    assert figures.trajectory_spec(SCORES.iloc[0:0], REGISTRY["PHQ-9"]) is None
+
+
+def test_the_report_template_is_plotlys_own_and_a_copy():
+    """``_apply_template`` skips plotly's re-validation of a registered template: the same
+    figure as ``update_layout(template=...)``, and changing it leaves the registry alone."""
+    validated = go.Figure().update_layout(template=figures.TEMPLATE)
+    fast = go.Figure()
+    figures._apply_template(fast)
+    assert fast.to_dict() == validated.to_dict()
+    assert fast.layout.template.to_plotly_json() == figures.template_json()
+    fast.layout.template.layout.font.size = 99
+    assert pio.templates[figures.TEMPLATE].layout.font.size != 99
+    assert figures.template_json()["layout"].get("font", {}).get("size") != 99
 
 
 # --------------------------------------------------------------------------
