@@ -9,15 +9,18 @@ runs. The browser test reuses both.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import re
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import plotly.io as pio
 import pytest
 
-from assets import reports
+from assets import figures, reports
+from schemas.registry import load_registry
 from schemas.settings import Settings
 from tests.factories import make_warehouse
 
@@ -436,6 +439,108 @@ def test_caseload_pages_show_each_clinicians_open_episodes_only(built, warehouse
         assert not any(f"Episode {eid} " in text for eid in others["episode_id"])
         assert "gender" not in text.lower().replace("no gender", "")
     assert len(caseload.pages) == open_episodes["clinician_id"].nunique()
+
+
+def _cards(text: str) -> dict[str, str]:
+    parts = text.split('<div class="episode" id="ep-')[1:]
+    return {part.split('"', 1)[0]: part for part in parts}
+
+
+def _trajectory(card: str) -> dict:
+    """The data and layout of the card's chart, as the page hands them to plotly.js."""
+    decoder = json.JSONDecoder()
+    start = card.index("[", card.index("Plotly.newPlot("))
+    data, end = decoder.raw_decode(card, start)
+    layout, _ = decoder.raw_decode(card, card.index("{", end))
+    return {"data": data, "layout": layout}
+
+
+def test_caseload_cards_show_each_episodes_own_rows(built, warehouse):
+    """Every card against a per-episode reading of the marts (the pages read each frame
+    once, sliced by episode: a slice off by one would show a neighbour's rows)."""
+    settings, _, caseload = built
+    cards = {}
+    for path in caseload.pages:
+        cards |= _cards(path.read_text(encoding="utf-8"))
+    open_episodes = warehouse.execute(
+        "SELECT episode_id FROM marts.episode_attendance WHERE status IN ('open', 'disengaged')"
+    ).fetchall()
+    assert len(cards) == len(open_episodes) > 20
+    symptom = {
+        code
+        for (code,) in warehouse.execute(
+            "SELECT code FROM staging.instruments WHERE construct = 'symptom'"
+        ).fetchall()
+    }
+    many_alerts = 0
+    for (eid,) in open_episodes:
+        card = cards[eid]
+        scores = warehouse.execute(
+            "SELECT instrument, administered_at, total FROM marts.scores WHERE episode_id = ? "
+            "ORDER BY instrument, administered_at",
+            [eid],
+        ).df()
+        for code, rows in scores.groupby("instrument"):
+            last = rows.iloc[-1]
+            assert (
+                f"<td>{code}</td><td class='num'>{last['total']:g}</td>"
+                f"<td>{last['administered_at']:%Y-%m-%d}</td>"
+            ) in card, (eid, code)
+        alerts = warehouse.execute(
+            "SELECT raised_at FROM marts.alerts WHERE episode_id = ? ORDER BY raised_at DESC",
+            [eid],
+        ).fetchall()
+        if alerts:
+            assert f"<h4>Open alerts ({len(alerts)})</h4>" in card
+            shown = re.findall(r"<li class='alert'><strong>[^<]*</strong> ([0-9-]+):", card)
+            assert shown == [f"{a:%Y-%m-%d}" for (a,) in alerts[:10]], eid
+            many_alerts += len(alerts) > 10
+            if len(alerts) > 10:
+                assert f"<li>and {len(alerts) - 10} more</li>" in card
+        else:
+            assert "Open alerts" not in card
+        counts = scores[scores["instrument"].isin(symptom)].groupby("instrument").size()
+        if counts.empty:
+            assert "No symptom scores to draw yet." in card
+            continue
+        main = sorted(counts.index, key=lambda c: (-counts[c], c))[0]
+        figure = _trajectory(card)
+        line = next(t for t in figure["data"] if t["name"] == main)
+        main_scores = scores[scores["instrument"] == main]
+        assert line["y"] == main_scores["total"].tolist(), eid
+        assert [pd.Timestamp(x) for x in line["x"]] == main_scores["administered_at"].tolist()
+        srs = scores[scores["instrument"] == "SRS"]["total"].tolist()
+        alliance = [t["y"] for t in figure["data"] if t["name"] == "SRS (right axis)"]
+        assert alliance == ([srs] if srs else []), eid
+        assert figure["layout"]["template"] == figures.template_json()
+    assert many_alerts  # the synthetic clinic has episodes with more than 10 open alerts
+
+
+def test_a_plain_figure_is_written_exactly_as_plotly_writes_it(monkeypatch):
+    """The caseload writes each chart from plotly's own HTML around a figure, made once,
+    and the template's JSON, serialized once: the text must be what pio.to_html writes
+    (with its built-in JSON engine), missing values and script-unsafe text included."""
+    monkeypatch.setattr(pio.json.config, "default_engine", "json")
+    scores = pd.DataFrame(
+        {
+            "administered_at": pd.to_datetime(["2026-01-05", "2026-02-05", "2026-03-05"]),
+            "total": [18.0, float("nan"), 11.0],
+        }
+    )
+    odd = {"code": "X</script><b>", "cutoff": 10, "rc_threshold": 5.2, "total_max": 27}
+    for instrument in (load_registry()["PHQ-9"], odd):
+        spec = figures.trajectory_spec(scores, instrument, height=360, legend_below=True)
+        plotly_html = pio.to_html(
+            spec,
+            include_plotlyjs=False,
+            full_html=False,
+            div_id="fig-x-1",
+            config=reports.PLOTLY_CONFIG,
+            validate=False,
+        )
+        page = reports.Page("x")
+        assert page.figure(spec, "trajectory") == plotly_html
+        assert "</script>" not in plotly_html.split("<script", 1)[1].rsplit("</script>", 1)[0]
 
 
 def test_sections_say_not_available_until_their_mart_exists(tmp_path):
