@@ -643,3 +643,61 @@ def test_measurement_completeness_sessions_and_gaps():
     # pooled over instruments: SRS has a single administration, so still 10.5
     pooled = kpi(con, "median_days_between_measures")
     assert pooled["value"] == 10.5 and not math.isnan(pooled["value"])
+
+
+def test_distinct_clients_and_episodes_across_clinics_months_and_instruments():
+    """n_clients / n_episodes count each client and episode once per cell, whatever the
+    number of sessions, months, instruments or clinics behind it."""
+    con = duckdb.connect()
+    make_warehouse(
+        con,
+        episodes=[  # K1 has two episodes, one in each clinic
+            {"episode_id": "E1", "client_id": "K1", "clinic_id": "C1", "start_date": "2026-04-01"},
+            {"episode_id": "E2", "client_id": "K1", "clinic_id": "C2", "start_date": "2026-04-01"},
+            {"episode_id": "E3", "client_id": "K2", "clinic_id": "C1", "start_date": "2026-04-01"},
+        ],
+        sessions=weekly("E1", "K1", "2026-04-22", "TTTT")  # 04-22 04-29 | 05-06 05-13
+        + weekly("E2", "K1", "2026-04-29", "TT")  # 04-29 | 05-06
+        + weekly("E3", "K2", "2026-05-06", "TN"),  # 05-06 05-13 (no-show)
+    )
+    make_marts(
+        con,
+        scores=[
+            {"episode_id": e, "instrument": i, "administered_at": f"{d} 10:00", "total": 10}
+            for e, i, d in (
+                ("E1", "PHQ-9", "2026-04-22"),
+                ("E1", "PHQ-9", "2026-04-29"),  # gap 7 days (April)
+                ("E1", "PHQ-9", "2026-05-13"),  # gap 14 (May)
+                ("E1", "GAD-7", "2026-04-22"),
+                ("E1", "GAD-7", "2026-05-06"),  # gap 14 (May)
+                ("E2", "PHQ-9", "2026-04-29"),
+                ("E2", "PHQ-9", "2026-05-06"),  # gap 7 (May)
+                ("E3", "PHQ-9", "2026-05-06"),  # no gap
+            )
+        ],
+    )
+    build(con)
+
+    def counts(name, **cell):
+        row = kpi(con, name, **cell)
+        return row["denominator"], row["n_episodes"], row["n_clients"]
+
+    april, may = "2026-04-01", "2026-05-01"
+    # Attendance: sessions held, (episodes, clients) behind them
+    assert counts("attendance_rate", clinic="C1", month=april) == (2, 1, 1)  # E1
+    assert counts("attendance_rate", month=april) == (3, 2, 1)  # E1 E2, both K1
+    assert counts("attendance_rate", clinic="C1", month=may) == (4, 2, 2)  # E1 E3
+    assert counts("attendance_rate", month=may) == (5, 3, 2)
+    assert counts("attendance_rate", clinic="C1") == (6, 2, 2)  # E1 over two months
+    assert counts("attendance_rate", clinic="C2") == (2, 1, 1)
+    assert counts("attendance_rate") == (8, 3, 2)
+    # NHS DNA rate: E3's no-show in May; the same episodes and clients
+    assert counts("dna_rate_nhs", month=may) == (5, 3, 2)
+    # Gaps: PHQ-9 7 14 (E1) and 7 (E2); GAD-7 14 (E1)
+    assert counts("median_days_between_measures", instrument="PHQ-9") == (3, 2, 1)
+    assert counts("median_days_between_measures", clinic="C1", month=may) == (2, 1, 1)
+    assert counts("median_days_between_measures", month=may) == (3, 2, 1)
+    assert counts("median_days_between_measures", clinic="C1") == (3, 1, 1)
+    pooled = kpi(con, "median_days_between_measures")
+    assert (pooled["denominator"], pooled["n_episodes"], pooled["n_clients"]) == (4, 2, 1)
+    assert pooled["value"] == 10.5

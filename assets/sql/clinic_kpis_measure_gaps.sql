@@ -3,20 +3,49 @@
 -- administered_at, ties by assessment_id). A gap counts in the month of its
 -- later administration. instrument NULL = all instruments pooled.
 -- Not a rate: numerator is NULL, denominator is the number of gaps.
-WITH ordered AS (
-    SELECT s.instrument, s.episode_id, e.client_id, e.clinic_id, s.administered_at,
-           lag(s.administered_at) OVER (
-               PARTITION BY s.episode_id, s.instrument
-               ORDER BY s.administered_at, s.assessment_id) AS previous_at
+--
+-- n_episodes and n_clients are counted without count(DISTINCT) under the eight
+-- grouping sets (issue 8; as in clinic_kpis_rates.sql): an episode has one
+-- client and one clinic, so a cell's distinct episodes are its gaps that are
+-- the episode's first in the cell: first on the instrument (in the month), or
+-- first on any instrument (in the month) for the pooled cells. Months follow
+-- the time order, so each flag compares a gap with the one before it. Clients
+-- with a single episode count as that episode; the few with more are counted
+-- distinctly (repeat_client).
+WITH episodes AS (
+    SELECT episode_id, client_id, clinic_id,
+           count(*) OVER (PARTITION BY client_id) > 1 AS repeat_client
+    FROM staging.episodes
+),
+ordered AS (
+    SELECT s.instrument, s.episode_id, e.client_id, e.clinic_id, e.repeat_client,
+           s.administered_at,
+           lag(s.administered_at) OVER instrument_order AS previous_at,
+           lag(s.administered_at, 2) OVER instrument_order AS second_previous_at
     FROM marts.scores s
-    JOIN staging.episodes e ON e.episode_id = s.episode_id
+    JOIN episodes e ON e.episode_id = s.episode_id
+    WINDOW instrument_order AS (
+        PARTITION BY s.episode_id, s.instrument ORDER BY s.administered_at, s.assessment_id)
 ),
 gaps AS (
     SELECT instrument, date_trunc('month', administered_at)::DATE AS unit_month,
-           clinic_id AS unit_clinic, client_id, episode_id,
-           date_diff('day', previous_at::DATE, administered_at::DATE) AS gap_days
+           clinic_id AS unit_clinic, client_id, episode_id, repeat_client, administered_at,
+           date_diff('day', previous_at::DATE, administered_at::DATE) AS gap_days,
+           second_previous_at IS NULL AS first_on_instrument,
+           second_previous_at IS NULL
+               OR date_trunc('month', previous_at)
+                  IS DISTINCT FROM date_trunc('month', administered_at)
+               AS first_on_instrument_in_month
     FROM ordered
     WHERE previous_at IS NOT NULL
+),
+flagged AS (
+    SELECT *,
+           row_number() OVER episode_order = 1 AS first_in_episode,
+           lag(unit_month) OVER episode_order IS DISTINCT FROM unit_month AS first_in_month,
+           client_id IS NOT NULL AND NOT repeat_client AS single_client
+    FROM gaps
+    WINDOW episode_order AS (PARTITION BY episode_id ORDER BY administered_at)
 )
 SELECT CASE WHEN grouping(unit_month) = 0 THEN 'month' ELSE 'all' END AS period_type,
        unit_month AS period_start,
@@ -26,9 +55,20 @@ SELECT CASE WHEN grouping(unit_month) = 0 THEN 'month' ELSE 'all' END AS period_
        NULL::DOUBLE AS numerator,
        count(*)::DOUBLE AS denominator,
        median(gap_days)::DOUBLE AS value,
-       count(DISTINCT client_id) AS n_clients,
-       count(DISTINCT episode_id) AS n_episodes
-FROM gaps
+       -- grouping(instrument, unit_month): 0 both kept, 1 all months, 2 pooled, 3 both
+       CASE grouping(instrument, unit_month)
+           WHEN 0 THEN count(*) FILTER (WHERE single_client AND first_on_instrument_in_month)
+           WHEN 1 THEN count(*) FILTER (WHERE single_client AND first_on_instrument)
+           WHEN 2 THEN count(*) FILTER (WHERE single_client AND first_in_month)
+           ELSE count(*) FILTER (WHERE single_client AND first_in_episode)
+       END + count(DISTINCT CASE WHEN repeat_client THEN client_id END) AS n_clients,
+       CASE grouping(instrument, unit_month)
+           WHEN 0 THEN count(*) FILTER (WHERE first_on_instrument_in_month)
+           WHEN 1 THEN count(*) FILTER (WHERE first_on_instrument)
+           WHEN 2 THEN count(*) FILTER (WHERE first_in_month)
+           ELSE count(*) FILTER (WHERE first_in_episode)
+       END AS n_episodes
+FROM flagged
 GROUP BY GROUPING SETS ((instrument, unit_month, unit_clinic), (instrument, unit_month),
                         (instrument, unit_clinic), (instrument),
                         (unit_month, unit_clinic), (unit_month), (unit_clinic), ())

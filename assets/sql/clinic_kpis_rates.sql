@@ -1,20 +1,26 @@
 -- marts.clinic_kpis, rate KPIs: every rate is numerator / denominator over
--- "units" (sessions or episodes), one unit row per KPI it counts in, so the
--- definition of each KPI reads as one block below (docs/metrics_service.md).
+-- "units" (sessions or episodes), so the definition of each KPI reads as one
+-- block of `units` below (docs/metrics.md 6.3). A units row holds one episode's
+-- units of a KPI in one month: `num` of its `den` units count in the numerator
+-- (a session KPI: the episode's sessions of that month; an episode KPI: the
+-- episode itself, den = 1).
 -- Cells: per month and clinic, per month for the service, all-time per clinic
 -- and all-time for the service ($service_key).
+--
+-- n_episodes and n_clients (distinct, for small-cell suppression) are counted
+-- without count(DISTINCT) over every unit, which took 30 s and 5 GB at 200k
+-- episodes (docs/decisions/008-scale.md). An episode has one client and one
+-- clinic (staging.episodes; sessions and assessments carry the episode's
+-- client, CONTRACT.md) and at most one units row per KPI, instrument and month:
+--   * n_episodes: the rows of a month cell; all-time, the rows flagged
+--     first_unit (the episode's first month in the KPI);
+--   * n_clients: the same count over clients with a single episode, plus the
+--     distinct clients among the few with more than one (repeat_client).
 WITH kpi_episodes AS (
     SELECT * FROM marts.clinic_kpis_episodes
 ),
 finished AS (
     SELECT * FROM kpi_episodes WHERE finished
-),
-sessions AS (  -- booked (future) appointments are never counted
-    SELECT s.session_id, s.episode_id, s.status, e.client_id, e.clinic_id,
-           date_trunc('month', s.scheduled_at)::DATE AS month
-    FROM staging.sessions s
-    JOIN staging.episodes e ON e.episode_id = s.episode_id
-    WHERE s.status <> 'booked'
 ),
 session_measures AS (  -- attended sessions with an administration of each construct
     SELECT s.session_id,
@@ -28,6 +34,30 @@ session_measures AS (  -- attended sessions with an administration of each const
     JOIN staging.instruments i ON i.code = a.instrument
     WHERE s.status = 'attended'
     GROUP BY s.session_id
+),
+session_counts AS (  -- held or missed sessions per episode and calendar month
+    SELECT s.episode_id, e.client_id, e.clinic_id,
+           date_trunc('month', s.scheduled_at)::DATE AS month,
+           count(*) FILTER (WHERE s.status = 'attended') AS attended,
+           count(*) FILTER (WHERE s.status = 'no_show') AS no_show,
+           count(*) FILTER (WHERE s.status = 'late_cancelled') AS late_cancelled,
+           count(*) FILTER (WHERE s.status = 'attended' AND m.has_symptom) AS with_symptom,
+           count(*) FILTER (WHERE s.status = 'attended' AND m.has_alliance) AS with_alliance
+    FROM staging.sessions s
+    JOIN staging.episodes e ON e.episode_id = s.episode_id
+    LEFT JOIN session_measures m ON m.session_id = s.session_id
+    WHERE s.status IN ('attended', 'no_show', 'late_cancelled')  -- booked: never counted
+    GROUP BY s.episode_id, e.client_id, e.clinic_id, month
+),
+session_months AS (  -- ... and whether the month is the episode's first with such sessions
+    SELECT *,
+           month IS NOT DISTINCT FROM min(month) OVER episode AS first_held_or_missed,
+           month IS NOT DISTINCT FROM min(month) FILTER (WHERE attended + no_show > 0) OVER episode
+               AS first_attended_or_dna,
+           month IS NOT DISTINCT FROM min(month) FILTER (WHERE attended > 0) OVER episode
+               AS first_attended
+    FROM session_counts
+    WINDOW episode AS (PARTITION BY episode_id)
 ),
 instrument_outcomes AS (  -- per symptom instrument, finished episodes only
     SELECT o.*, f.client_id, f.clinic_id, f.ended_month
@@ -43,79 +73,90 @@ units AS (
     -- Attendance: held or missed appointments (cancellations made in advance are not missed)
     SELECT 'attendance_rate' AS kpi, NULL::VARCHAR AS instrument, month AS unit_month,
            clinic_id AS unit_clinic, client_id, episode_id,
-           (status = 'attended')::INTEGER AS num, NULL::DOUBLE AS target
-    FROM sessions WHERE status IN ('attended', 'no_show', 'late_cancelled')
+           attended AS num, attended + no_show + late_cancelled AS den,
+           NULL::DOUBLE AS target, first_held_or_missed AS first_unit
+    FROM session_months
     UNION ALL
     SELECT 'dna_rate', NULL, month, clinic_id, client_id, episode_id,
-           (status = 'no_show')::INTEGER, NULL
-    FROM sessions WHERE status IN ('attended', 'no_show', 'late_cancelled')
+           no_show, attended + no_show + late_cancelled, NULL, first_held_or_missed
+    FROM session_months
     UNION ALL
     -- NHS Talking Therapies variant: DNAs over attended + DNA only
     SELECT 'dna_rate_nhs', NULL, month, clinic_id, client_id, episode_id,
-           (status = 'no_show')::INTEGER, NULL
-    FROM sessions WHERE status IN ('attended', 'no_show')
+           no_show, attended + no_show, NULL, first_attended_or_dna
+    FROM session_months WHERE attended + no_show > 0
     UNION ALL
     -- Dropout: episodes that left treatment in the month (any reason, incl. disengaged)
     SELECT 'dropout_rate', NULL, ended_month, clinic_id, client_id, episode_id,
-           dropout::INTEGER, NULL
+           dropout::INTEGER, 1, NULL, true
     FROM kpi_episodes WHERE ended_on IS NOT NULL
     UNION ALL
     SELECT 'early_dropout_rate', NULL, ended_month, clinic_id, client_id, episode_id,
-           early_dropout::INTEGER, NULL
+           early_dropout::INTEGER, 1, NULL, true
     FROM kpi_episodes WHERE ended_on IS NOT NULL
     UNION ALL
     -- NHS Talking Therapies style, depression + anxiety measures together ($pair_label)
     SELECT 'recovery_rate', $pair_label, ended_month, clinic_id, client_id, episode_id,
-           recovered::INTEGER, NULL
+           recovered::INTEGER, 1, NULL, true
     FROM finished WHERE pair_paired AND caseness_start
     UNION ALL
     SELECT 'reliable_recovery_rate', $pair_label, ended_month, clinic_id, client_id, episode_id,
-           reliably_recovered::INTEGER, NULL
+           reliably_recovered::INTEGER, 1, NULL, true
     FROM finished WHERE pair_paired AND caseness_start
     UNION ALL
     SELECT 'reliable_improvement_rate', $pair_label, ended_month, clinic_id, client_id, episode_id,
-           reliably_improved::INTEGER, NULL
+           reliably_improved::INTEGER, 1, NULL, true
     FROM finished WHERE pair_paired
     UNION ALL
     SELECT 'reliable_deterioration_rate', $pair_label, ended_month, clinic_id, client_id,
-           episode_id, reliably_deteriorated::INTEGER, NULL
+           episode_id, reliably_deteriorated::INTEGER, 1, NULL, true
     FROM finished WHERE pair_paired
     UNION ALL
     -- The same four rates on one symptom instrument (marts.episode_outcomes)
     SELECT 'recovery_rate', instrument, ended_month, clinic_id, client_id, episode_id,
-           recovered::INTEGER, NULL
+           recovered::INTEGER, 1, NULL, true
     FROM instrument_outcomes WHERE paired AND baseline_caseness
     UNION ALL
     SELECT 'reliable_recovery_rate', instrument, ended_month, clinic_id, client_id, episode_id,
-           reliably_recovered::INTEGER, NULL
+           reliably_recovered::INTEGER, 1, NULL, true
     FROM instrument_outcomes WHERE paired AND baseline_caseness
     UNION ALL
     SELECT 'reliable_improvement_rate', instrument, ended_month, clinic_id, client_id, episode_id,
-           (outcome_class = 'reliably_improved')::INTEGER, NULL
+           (outcome_class = 'reliably_improved')::INTEGER, 1, NULL, true
     FROM instrument_outcomes WHERE paired
     UNION ALL
     SELECT 'reliable_deterioration_rate', instrument, ended_month, clinic_id, client_id,
-           episode_id, (outcome_class = 'reliably_deteriorated')::INTEGER, NULL
+           episode_id, (outcome_class = 'reliably_deteriorated')::INTEGER, 1, NULL, true
     FROM instrument_outcomes WHERE paired
     UNION ALL
     -- Measurement completeness: finished episodes with paired scores (aim $paired_share_aim)
     SELECT 'paired_share_finished', $pair_label, ended_month, clinic_id, client_id, episode_id,
-           pair_paired::INTEGER, $paired_share_aim
+           pair_paired::INTEGER, 1, $paired_share_aim, true
     FROM finished
     UNION ALL
     SELECT 'paired_share_finished', NULL, f.ended_month, f.clinic_id, f.client_id, f.episode_id,
-           coalesce(p.paired, false)::INTEGER, $paired_share_aim
+           coalesce(p.paired, false)::INTEGER, 1, $paired_share_aim, true
     FROM finished f LEFT JOIN any_symptom_paired p ON p.episode_id = f.episode_id
     UNION ALL
-    SELECT 'sessions_with_symptom_measure', NULL, s.month, s.clinic_id, s.client_id, s.episode_id,
-           coalesce(m.has_symptom, false)::INTEGER, NULL
-    FROM sessions s LEFT JOIN session_measures m ON m.session_id = s.session_id
-    WHERE s.status = 'attended'
+    -- Attended sessions with a questionnaire of the construct
+    SELECT 'sessions_with_symptom_measure', NULL, month, clinic_id, client_id, episode_id,
+           with_symptom, attended, NULL, first_attended
+    FROM session_months WHERE attended > 0
     UNION ALL
-    SELECT 'sessions_with_alliance_measure', NULL, s.month, s.clinic_id, s.client_id, s.episode_id,
-           coalesce(m.has_alliance, false)::INTEGER, NULL
-    FROM sessions s LEFT JOIN session_measures m ON m.session_id = s.session_id
-    WHERE s.status = 'attended'
+    SELECT 'sessions_with_alliance_measure', NULL, month, clinic_id, client_id, episode_id,
+           with_alliance, attended, NULL, first_attended
+    FROM session_months WHERE attended > 0
+),
+repeat_clients AS (  -- clients with more than one episode
+    SELECT client_id FROM staging.episodes GROUP BY client_id HAVING count(*) > 1
+),
+counted AS (
+    SELECT u.*,
+           r.client_id IS NOT NULL AS repeat_client,
+           -- counts its client: the client's only episode (distinct count for the others)
+           r.client_id IS NULL AND u.client_id IS NOT NULL AS single_client
+    FROM units u
+    LEFT JOIN repeat_clients r ON r.client_id = u.client_id
 )
 SELECT CASE WHEN grouping(unit_month) = 0 THEN 'month' ELSE 'all' END AS period_type,
        unit_month AS period_start,
@@ -123,11 +164,14 @@ SELECT CASE WHEN grouping(unit_month) = 0 THEN 'month' ELSE 'all' END AS period_
        kpi,
        instrument,
        sum(num)::DOUBLE AS numerator,
-       count(*)::DOUBLE AS denominator,
-       sum(num)::DOUBLE / count(*) AS value,
-       count(DISTINCT client_id) AS n_clients,
-       count(DISTINCT episode_id) AS n_episodes,
+       sum(den)::DOUBLE AS denominator,
+       sum(num)::DOUBLE / sum(den) AS value,
+       CASE WHEN grouping(unit_month) = 0 THEN count(*) FILTER (WHERE single_client)
+            ELSE count(*) FILTER (WHERE single_client AND first_unit) END
+           + count(DISTINCT CASE WHEN repeat_client THEN client_id END) AS n_clients,
+       CASE WHEN grouping(unit_month) = 0 THEN count(*)
+            ELSE count(*) FILTER (WHERE first_unit) END AS n_episodes,
        any_value(target) AS target
-FROM units
+FROM counted
 GROUP BY GROUPING SETS ((kpi, instrument, unit_month, unit_clinic), (kpi, instrument, unit_month),
                         (kpi, instrument, unit_clinic), (kpi, instrument))
