@@ -9,21 +9,15 @@
 -- Every later mart that needs "baseline", "final" or "the n-th score" uses
 -- score_ordinal, so the ordering rule lives here only.
 
+-- session_number is counted in the list of the episode's attended session times
+-- (about ten), not by joining every administration to every earlier session and
+-- grouping by assessment_id (issue 8: that join made 22M pairs at 200k episodes).
+
 WITH attended_sessions AS (
-    SELECT episode_id, scheduled_at
+    SELECT episode_id, list(scheduled_at) AS attended_at
     FROM staging.sessions
     WHERE status = 'attended'
-),
-
-session_numbers AS (
-    SELECT
-        a.assessment_id,
-        count(s.scheduled_at) AS session_number
-    FROM staging.assessments AS a
-    LEFT JOIN attended_sessions AS s
-        ON s.episode_id = a.episode_id
-       AND s.scheduled_at <= a.administered_at
-    GROUP BY a.assessment_id
+    GROUP BY episode_id
 )
 
 SELECT
@@ -35,7 +29,8 @@ SELECT
     a.total,
     a.items_answered,
     a.prorated,
-    CAST(n.session_number AS INTEGER) AS session_number,
+    CAST(coalesce(len(list_filter(n.attended_at, lambda t: t <= a.administered_at)), 0)
+        AS INTEGER) AS session_number,
     -- extras
     i.construct,
     e.clinic_id,
@@ -46,7 +41,7 @@ SELECT
         ORDER BY a.administered_at, a.assessment_id
     ) AS INTEGER) AS score_ordinal
 FROM staging.assessments AS a
-JOIN session_numbers AS n USING (assessment_id)
-LEFT JOIN staging.episodes AS e USING (episode_id)
+LEFT JOIN attended_sessions AS n ON n.episode_id = a.episode_id
+LEFT JOIN staging.episodes AS e ON e.episode_id = a.episode_id
 LEFT JOIN staging.instruments AS i ON i.code = a.instrument
 ORDER BY a.episode_id, a.instrument, score_ordinal
