@@ -608,7 +608,12 @@ class _Block:
 
 
 def _assessments(
-    core: _Core, eps: _Episodes, ses: _Sessions, seed: int, chunk: int
+    core: _Core,
+    eps: _Episodes,
+    ses: _Sessions,
+    seed: int,
+    chunk: int,
+    measure_every_session: bool = False,
 ) -> tuple[list[_Block], _Goals]:
     rng = _rng(seed, chunk, 2)
     reg = _registry()
@@ -635,7 +640,14 @@ def _assessments(
     ors_shift = rng.normal(0.0, 0.06, n)
     risk_prone = rng.random(n) < 0.06
 
+    # Symptom measures every second session for most clients (every session for 15%,
+    # every third for 10%), the mix of the generated clinics. measure_every_session
+    # gives every client period 1 (session-by-session routine outcome monitoring, as in
+    # NHS Talking Therapies and Lambert's OQ-45 system). The draw is made either way so
+    # that every later draw of the stream, and the default output, stay unchanged.
     period = np.array([2, 1, 3])[_cat(rng, [0.75, 0.15, 0.10], n)]
+    if measure_every_session:
+        period = np.ones(n, dtype=period.dtype)
     sched = (k == 1) | ((k - 1) % period[a_ep] == 0) | last
     sched &= ~((rng.random(len(k)) < 0.05) & (k > 1) & ~last)
     online = rng.random(len(k)) < 0.02
@@ -1179,6 +1191,7 @@ def generate(
     bad_rows: int = 0,
     cut_date: dt.date = DEFAULT_CUT_DATE,
     monthly_sessions: bool = False,
+    measure_every_session: bool = False,
     manifest_path: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, int]:
@@ -1186,6 +1199,11 @@ def generate(
 
     Same arguments, same bytes. ``manifest_path`` (outside the exports folder) gets a
     CSV of the planted bad rows: kind, table, expected_rule, key, source_file, source_row.
+    ``measure_every_session`` schedules the symptom questionnaires (PHQ-9, GAD-7,
+    CORE-10, PCL-5) at every attended session instead of the default mix (mostly every
+    second session); about 5% of measures are still missed. Clinics, episodes, sessions
+    and planted classes are the same as without it; the scores differ from the first
+    changed draw on. The default (False) output is byte-identical to before the option.
     """
     if episodes < 1:
         raise ValueError("episodes must be at least 1")
@@ -1213,7 +1231,7 @@ def generate(
         for chunk in range(layout.n_chunks):
             core = _core(layout, seed, chunk)
             eps, ses = _episodes_sessions(core, layout, seed, chunk, cut_d)
-            blocks, goals = _assessments(core, eps, ses, seed, chunk)
+            blocks, goals = _assessments(core, eps, ses, seed, chunk, measure_every_session)
             plan = _plant(plan_kinds[chunk], seed, chunk, eps, ses, blocks, goals, layout)
             ct = _chunk_tables(
                 core, eps, ses, blocks, goals, plan, layout, seed, chunk, session_base,
@@ -1301,6 +1319,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="write sessions as a folder sessions/YYYY-MM.csv (one file per month)",
     )  # fmt: skip
     parser.add_argument(
+        "--measure-every-session", action="store_true",
+        help="symptom questionnaires at every attended session (default: mostly every second)",
+    )  # fmt: skip
+    parser.add_argument(
         "--manifest", type=Path, default=None,
         help="also write a CSV listing the planted bad rows (keep it outside --out)",
     )  # fmt: skip
@@ -1318,6 +1340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad_rows=args.bad_rows,
         cut_date=args.cut_date,
         monthly_sessions=args.monthly_sessions,
+        measure_every_session=args.measure_every_session,
         manifest_path=args.manifest,
         progress=not args.quiet,
     )

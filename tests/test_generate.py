@@ -458,6 +458,31 @@ def test_planted_classes_drive_the_phq9_trajectories(clean: Path) -> None:
     assert (baseline >= 10).mean() > 0.7  # baseline severity mostly at caseness
 
 
+def test_measure_every_session_changes_only_the_symptom_schedule(tmp_path: Path) -> None:
+    """The ETR benchmark's schedule: same clinics, episodes and sessions, a symptom
+    measure at (nearly) every attended session instead of mostly every second one."""
+    run(tmp_path / "mixed", episodes=300, seed=3)
+    run(tmp_path / "every", episodes=300, seed=3, measure_every_session=True)
+    mixed, every = snapshot(tmp_path / "mixed"), snapshot(tmp_path / "every")
+    assert mixed["episodes.csv"] == every["episodes.csv"]
+    assert mixed["sessions.csv"] == every["sessions.csv"]
+    reg = load_registry()
+
+    def phq9_share(folder: Path) -> float:
+        attended = {
+            r["session_id"] for r in read_rows(folder, "sessions") if r["status"] == "attended"
+        }
+        measured = {
+            r["session_id"]
+            for r in read_rows(folder, "assessments")
+            if reg.canonical(r["instrument"]) == "PHQ-9"
+        }
+        return len(attended & measured) / len(attended)
+
+    assert phq9_share(tmp_path / "mixed") < 0.75  # most clients every second session
+    assert phq9_share(tmp_path / "every") > 0.9  # about 5% of measures are still missed
+
+
 def test_some_items_missing_and_some_risk_answers(clean: Path) -> None:
     reg = load_registry()
     admins = {
