@@ -19,6 +19,8 @@ transaction by :func:`build_etr`:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import dagster as dg
@@ -40,6 +42,13 @@ BACKTEST_SESSIONS: tuple[int, ...] = (4, 6)
 # Both are backtested by benchmarks/etr_backtest.py; 'change' was better on every
 # figure (docs/decisions/005-etr-method.md).
 DEFAULT_BASIS: Basis = Settings.etr_basis  # config key etr_basis
+
+# DuckDB's buffer pool while the ETR tables are built. The windows and sorts over
+# every symptom administration spill to disk beyond it (in <warehouse>.tmp), so
+# memory no longer grows with the clinic's history: 1.3 GB peak at 200k and at 1M
+# episodes (2.1 and 9.1 GB before), about as fast as an unlimited pool at 200k
+# (decision 005, "Scale").
+ETR_MEMORY_LIMIT = "1GiB"
 
 TABLES = (
     "marts.etr_settings",
@@ -83,15 +92,35 @@ def etr_settings_frame(
     return frame.astype({"min_reference": "int32", "fallback_session": "int32"})
 
 
+@contextlib.contextmanager
+def memory_limit(con: duckdb.DuckDBPyConnection, limit: str) -> Iterator[None]:
+    """Cap DuckDB's buffer pool for a block, then restore the connection's own setting.
+
+    Why: DuckDB otherwise takes up to 80% of the machine's memory before it spills,
+    and the pipeline shares the machine with other steps and other work.
+    """
+    (previous,) = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    con.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        con.execute(f"SET memory_limit = '{previous}'")
+
+
 def build_etr(
     con: duckdb.DuckDBPyConnection,
     settings: Settings | None = None,
     basis: Basis | None = None,
     backtest_sessions: tuple[int, ...] = BACKTEST_SESSIONS,
+    memory: str = ETR_MEMORY_LIMIT,
 ) -> dict[str, int]:
-    """Write the ETR tables (needs marts.scores, episode_attendance, episode_outcomes)."""
+    """Write the ETR tables (needs marts.scores, episode_attendance, episode_outcomes).
+
+    All the work is SQL inside DuckDB under a ``memory`` cap (it spills beyond it);
+    nothing of row count is pulled into Python.
+    """
     cfg = etr_settings_frame(settings or Settings(), basis, backtest_sessions)
-    # quantile_cont() only takes constant fractions: hand them over as variables
+    # the band's fractions, as session variables the SQL reads with getvariable()
     con.execute("SET VARIABLE etr_q_lower = ?", [float(cfg.at[0, "q_lower"])])
     con.execute("SET VARIABLE etr_q_upper = ?", [float(cfg.at[0, "q_upper"])])
     tables: dict[str, str | pd.DataFrame] = {
@@ -101,7 +130,8 @@ def build_etr(
         "marts.etr_backtest_episodes": load_sql("etr_backtest_episodes"),
         "marts.etr_backtest": load_sql("etr_backtest"),
     }
-    return replace_tables(con, tables)
+    with memory_limit(con, memory):
+        return replace_tables(con, tables)
 
 
 # --------------------------------------------------------------------------

@@ -579,3 +579,67 @@ def test_settings_validation():
         30,
         6,
     ]
+
+
+# --------------------------------------------------------------------------
+# The percentiles come from value counts per month (bounded memory), not from
+# quantile_cont over every reference row copied into every later month. They
+# must be the numbers quantile_cont gives.
+
+
+def test_percentiles_from_value_counts_equal_quantile_cont():
+    # 120 completed PHQ-9 episodes ending in January or February with awkward
+    # values (prorated eighths, six decimals, ties, a NULL total); a target in
+    # February sees the January ones, a target in March sees all of them.
+    import random
+
+    rnd = random.Random(5)
+    refs = []
+    for k in range(120):
+        end = "2026-01-20" if k < 70 else "2026-02-10"
+        day = "2026-01-12" if k < 70 else "2026-02-03"
+        v2 = rnd.choice([rnd.randint(0, 27), rnd.randint(0, 216) / 8, round(rnd.uniform(0, 27), 6)])
+        v3 = None if k == 7 else rnd.randint(5, 9)
+        refs.append(
+            Ep(
+                f"R{k:03d}",
+                [(1, day, 14), (2, day, v2), (3, day, v3)],
+                status="completed",
+                end=end,
+            )
+        )
+    targets = [
+        Ep("F", [(1, "2026-02-02", 14), (2, "2026-02-09", 12), (3, "2026-02-16", 7)]),
+        Ep("M", [(1, "2026-03-02", 14), (2, "2026-03-09", 12), (3, "2026-03-16", 7)]),
+    ]
+    con = warehouse(refs + targets)
+    for q in (90.0, 80.0, 70.0):
+        build_etr(con, dataclasses.replace(Settings(), etr_tolerance_percentile=q))
+        lo, hi = round(1 - q / 100, 10), round(q / 100, 10)
+        for target, cutoff in (("F", "2026-02-01"), ("M", "2026-03-01")):
+            for session in (2, 3):
+                want = con.execute(
+                    f"""
+                    SELECT count(*), list_transform(quantile_cont(v, [{lo}, 0.5, {hi}]),
+                                                    lambda x: round(14 + x, 6))
+                    FROM (SELECT arg_max(s.total - 14, s.assessment_id) AS v
+                          FROM marts.scores AS s JOIN staging.episodes AS e USING (episode_id)
+                          WHERE e.end_date < DATE '{cutoff}' AND s.session_number = {session}
+                          GROUP BY s.episode_id)
+                    """
+                ).fetchone()
+                got = trajectory(con, f"{target}-{session}")
+                assert got["reference_n"] == want[0]
+                bounds = [got["tolerance_lower"], got["expected_score"], got["tolerance_upper"]]
+                assert bounds == want[1]
+
+
+def test_memory_limit_is_restored_after_the_build():
+    con = duckdb.connect()
+    con.execute("SET memory_limit = '3GiB'")
+    make_warehouse(con, as_of=AS_OF, episodes=[])
+    con.execute(SCORES_DDL)
+    con.execute(ATTENDANCE_DDL)
+    con.execute(OUTCOMES_DDL)
+    build_etr(con, Settings(), memory="256MiB")
+    assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "3.0 GiB"

@@ -21,7 +21,11 @@
 --                       An evaluated administration is dated on or before its
 --                       own episode's end, so its episode ended on or after M
 --                       and is never in its own reference. Percentiles are
---                       computed once per (month, instrument, band, session).
+--                       computed once per (month, instrument, band, session),
+--                       from value counts: how many reference episodes that
+--                       ended in each earlier month had each value (memory
+--                       bounded by the values a score can take, not by the
+--                       episodes); the same numbers as quantile_cont.
 --   cells               band cell (instrument, band, session_number); when it
 --                       holds fewer than min_reference episodes the coarse cell
 --                       (all bands of the instrument); when that is thin too,
@@ -37,9 +41,9 @@
 -- percentiles are placed on the episode's own baseline (expected = baseline +
 -- median change), as Lambert's curves are conditional on the intake score.
 -- basis 'score': reference values are the band's scores themselves.
--- Tunables (Settings) come from marts.etr_settings (the quantile fractions
--- also as the session variables etr_q_lower / etr_q_upper, because
--- quantile_cont takes constants only), thresholds from staging.instruments.
+-- Tunables (Settings) come from marts.etr_settings (the band's quantile
+-- fractions also as the session variables etr_q_lower / etr_q_upper, set by
+-- assets/etr.py), thresholds from staging.instruments.
 -- Totals are compared after rounding to 6 decimals.
 
 WITH run AS (
@@ -62,8 +66,8 @@ episodes AS (
     LEFT JOIN marts.episode_attendance AS a USING (episode_id)
 ),
 
--- Scores in the METRICS.md order (administered_at, then assessment_id).
-ordered AS (
+-- Symptom scores with their episode's end and status.
+in_scope AS (
     SELECT
         s.assessment_id,
         s.episode_id,
@@ -72,8 +76,6 @@ ordered AS (
         s.administered_at,
         s.session_number,
         round(s.total, 6) AS total,
-        CAST(row_number() OVER w AS INTEGER) AS score_ordinal,
-        round(first_value(s.total) OVER w, 6) AS baseline_score,
         ep.clinician_id,
         ep.end_date,
         ep.status,
@@ -82,18 +84,28 @@ ordered AS (
     JOIN symptom USING (instrument)
     LEFT JOIN episodes AS ep USING (episode_id)
     CROSS JOIN run
+),
+
+-- Scores in the METRICS.md order (administered_at, then assessment_id), in one
+-- window pass (one sort of every symptom score).
+ordered AS (
+    SELECT
+        *,
+        CAST(row_number() OVER w AS INTEGER) AS score_ordinal,
+        first_value(total) OVER w AS baseline_score,
+        -- scores dated within the episode: a reference episode must be paired
+        sum(CAST(in_episode AS INTEGER)) OVER (PARTITION BY episode_id, instrument)
+            AS n_in_episode
+    FROM in_scope
     WINDOW w AS (
-        PARTITION BY s.episode_id, s.instrument
-        ORDER BY s.administered_at, s.assessment_id
+        PARTITION BY episode_id, instrument
+        ORDER BY administered_at, assessment_id
         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
 
 banded AS (
     SELECT
         o.*,
-        -- scores dated within the episode: a reference episode must be paired
-        sum(CAST(o.in_episode AS INTEGER)) OVER (PARTITION BY o.episode_id, o.instrument)
-            AS n_in_episode,
         sy.higher_is_worse,
         sy.cutoff,
         sy.rc_threshold,
@@ -147,26 +159,116 @@ months AS (
     SELECT DISTINCT instrument, reference_month FROM evaluated
 ),
 
--- Percentiles once per (month, instrument, band, session) and per (month,
--- instrument, session) over all bands: the time split of the reference.
-cells AS (
+-- The time split of the reference without copying it for every month: how many
+-- reference episodes had each value, per instrument, band, session number and
+-- month of their end. Its size is bounded by the distinct values a score can
+-- take, not by the number of episodes.
+reference_hist AS (
+    SELECT
+        instrument,
+        severity_band,
+        session_number,
+        CAST(date_trunc('month', end_date) AS DATE) AS end_month,
+        ref_value,
+        count(*) AS k
+    FROM reference_rows
+    GROUP BY ALL
+),
+
+-- Per (month, instrument, band, session) and per (month, instrument, session)
+-- over all bands (band '*'): the reference distribution of that month, as value
+-- counts of the episodes that ended before the month began. A NULL value (no
+-- total) counts towards n but is not a percentile input, as in quantile_cont.
+cell_hist AS (
     SELECT
         m.instrument,
         m.reference_month,
-        r.severity_band,
-        r.session_number,
-        grouping(r.severity_band) = 1 AS coarse,
-        CAST(count(*) AS INTEGER) AS n,
-        -- [lower bound, median, upper bound]; DuckDB needs constant fractions here,
-        -- so they come as session variables (set by assets/etr.py from marts.etr_settings)
-        quantile_cont(r.ref_value,
-                      [getvariable('etr_q_lower'), 0.5, getvariable('etr_q_upper')]) AS q
+        CASE WHEN grouping(h.severity_band) = 1 THEN '*' ELSE h.severity_band END AS band,
+        h.session_number,
+        h.ref_value,
+        sum(h.k) AS k
     FROM months AS m
-    JOIN reference_rows AS r
-        ON r.instrument = m.instrument AND r.end_date < m.reference_month
+    JOIN reference_hist AS h
+        ON h.instrument = m.instrument AND h.end_month < m.reference_month
     GROUP BY GROUPING SETS (
-        (m.instrument, m.reference_month, r.severity_band, r.session_number),
-        (m.instrument, m.reference_month, r.session_number))
+        (m.instrument, m.reference_month, h.severity_band, h.session_number, h.ref_value),
+        (m.instrument, m.reference_month, h.session_number, h.ref_value))
+),
+
+-- Each value's 0-based positions [first_pos, next_pos) among the sorted values.
+cell_ranks AS (
+    SELECT
+        *,
+        sum(k) OVER cell AS next_pos,
+        sum(k) OVER cell - k AS first_pos
+    FROM cell_hist
+    WHERE ref_value IS NOT NULL
+    WINDOW cell AS (
+        PARTITION BY instrument, reference_month, band, session_number
+        ORDER BY ref_value ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+),
+
+cell_n AS (
+    SELECT
+        instrument, reference_month, band, session_number,
+        CAST(sum(k) AS INTEGER) AS n,
+        coalesce(sum(k) FILTER (WHERE ref_value IS NOT NULL), 0) AS n_values
+    FROM cell_hist
+    GROUP BY ALL
+),
+
+-- The [lower bound, median, upper bound] fractions at the positions
+-- quantile_cont uses: rn = (n_values - 1) * q, between the values at floor(rn)
+-- and ceil(rn). The fractions come from the session variables etr_q_lower /
+-- etr_q_upper, set by assets/etr.py from marts.etr_settings.
+positions AS (
+    SELECT
+        c.instrument, c.reference_month, c.band, c.session_number,
+        f.i,
+        CAST(c.n_values - 1 AS DOUBLE) * f.q AS rn,
+        floor(CAST(c.n_values - 1 AS DOUBLE) * f.q) AS frn,
+        ceil(CAST(c.n_values - 1 AS DOUBLE) * f.q) AS crn
+    FROM cell_n AS c
+    CROSS JOIN (VALUES (1, getvariable('etr_q_lower')), (2, 0.5),
+                       (3, getvariable('etr_q_upper'))) AS f(i, q)
+    WHERE c.n_values > 0
+),
+
+-- Linear interpolation as quantile_cont does it: lo * (1 - d) + hi * d.
+quantiles AS (
+    SELECT
+        p.instrument, p.reference_month, p.band, p.session_number, p.i,
+        any_value(r.ref_value) FILTER (WHERE r.first_pos <= p.frn AND p.frn < r.next_pos)
+            AS lo,
+        any_value(r.ref_value) FILTER (WHERE r.first_pos <= p.crn AND p.crn < r.next_pos)
+            AS hi,
+        any_value(p.rn - p.frn) AS d
+    FROM positions AS p
+    JOIN cell_ranks AS r
+        ON r.instrument = p.instrument AND r.reference_month = p.reference_month
+       AND r.band = p.band AND r.session_number = p.session_number
+       AND r.first_pos <= p.crn AND p.frn < r.next_pos
+    GROUP BY ALL
+),
+
+cells AS (
+    SELECT
+        c.instrument,
+        c.reference_month,
+        CASE WHEN c.band <> '*' THEN c.band END AS severity_band,
+        c.session_number,
+        c.band = '*' AS coarse,
+        c.n,
+        -- [lower bound, median, upper bound]; NULL when every value is NULL
+        CASE WHEN c.n_values > 0 THEN
+            list(CASE WHEN q.d = 0 THEN q.lo ELSE q.lo * (1 - q.d) + q.hi * q.d END
+                 ORDER BY q.i)
+        END AS q
+    FROM cell_n AS c
+    LEFT JOIN quantiles AS q
+        ON q.instrument = c.instrument AND q.reference_month = c.reference_month
+       AND q.band = c.band AND q.session_number = c.session_number
+    GROUP BY c.instrument, c.reference_month, c.band, c.session_number, c.n, c.n_values
 ),
 
 matched AS (
