@@ -42,12 +42,11 @@ class Settings:
     alliance_drop_points: float = 5.0
     early_alliance_sessions: int = 3
     etr_min_reference: int = 30
-    # 80, not Lambert's 90: the highest percentile that flagged >= 80% of planted
-    # deteriorators by session 4 with <= 20% of responders on the development seeds
-    # (docs/decisions/005-etr-method.md)
-    etr_tolerance_percentile: float = 80.0
+    # METRICS.md's defaults (90th percentile of scores). With a score at every
+    # session, 80 and basis 'change' meet issue 5's targets (decision 005).
+    etr_tolerance_percentile: float = 90.0
     etr_fallback_session: int = 6
-    etr_basis: str = "change"  # compare change from baseline ('change') or raw scores ('score')
+    etr_basis: str = "score"  # compare raw scores ('score', METRICS.md) or change from baseline
     # Published pre-post d benchmark for adult depression (PHQ-9 rows of clinic_kpis).
     effect_size_benchmark_d: float = 0.93
     ingest_chunk_rows: int = 250_000
