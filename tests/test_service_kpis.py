@@ -695,6 +695,7 @@ def test_distinct_clients_and_episodes_across_clinics_months_and_instruments():
     assert counts("dna_rate_nhs", month=may) == (5, 3, 2)
     # Gaps: PHQ-9 7 14 (E1) and 7 (E2); GAD-7 14 (E1)
     assert counts("median_days_between_measures", instrument="PHQ-9") == (3, 2, 1)
+    assert kpi(con, "median_days_between_measures", instrument="PHQ-9")["value"] == 7  # 7 7 14
     assert counts("median_days_between_measures", clinic="C1", month=may) == (2, 1, 1)
     assert counts("median_days_between_measures", month=may) == (3, 2, 1)
     assert counts("median_days_between_measures", clinic="C1") == (3, 1, 1)
