@@ -10,14 +10,22 @@
 -- score_ordinal, so the ordering rule lives here only.
 
 -- session_number is counted in the list of the episode's attended session times
--- (about ten), not by joining every administration to every earlier session and
--- grouping by assessment_id (issue 8: that join made 22M pairs at 200k episodes).
+-- (about ten), not by joining every administration to every earlier session
+-- (issue 8: that join made 22M pairs at 200k episodes and 110M at 1M). The list
+-- is counted in its own CTE so that it is not carried through the window below.
 
 WITH attended_sessions AS (
     SELECT episode_id, list(scheduled_at) AS attended_at
     FROM staging.sessions
     WHERE status = 'attended'
     GROUP BY episode_id
+),
+
+session_numbers AS (
+    SELECT a.assessment_id,
+           len(list_filter(n.attended_at, lambda t: t <= a.administered_at)) AS session_number
+    FROM staging.assessments AS a
+    JOIN attended_sessions AS n ON n.episode_id = a.episode_id
 )
 
 SELECT
@@ -29,8 +37,7 @@ SELECT
     a.total,
     a.items_answered,
     a.prorated,
-    CAST(coalesce(len(list_filter(n.attended_at, lambda t: t <= a.administered_at)), 0)
-        AS INTEGER) AS session_number,
+    CAST(coalesce(n.session_number, 0) AS INTEGER) AS session_number,
     -- extras
     i.construct,
     e.clinic_id,
@@ -41,7 +48,7 @@ SELECT
         ORDER BY a.administered_at, a.assessment_id
     ) AS INTEGER) AS score_ordinal
 FROM staging.assessments AS a
-LEFT JOIN attended_sessions AS n ON n.episode_id = a.episode_id
+LEFT JOIN session_numbers AS n ON n.assessment_id = a.assessment_id
 LEFT JOIN staging.episodes AS e ON e.episode_id = a.episode_id
 LEFT JOIN staging.instruments AS i ON i.code = a.instrument
 ORDER BY a.episode_id, a.instrument, score_ordinal
