@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import socket
 import sys
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         help="Dagster console log level (default INFO)",
     )
     args = parser.parse_args(argv)
+    # A crash in native code (DuckDB, Arrow) would otherwise end the run with no
+    # word of where: print the Python stack of every thread on SIGSEGV/SIGABRT.
+    faulthandler.enable()
     if args.command == "run":
         return run(args)
     return 2

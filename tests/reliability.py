@@ -6,10 +6,14 @@ reports, Dagster home), a way to run ``refresh_all`` exactly as a user does
 (``pipelines.cli run``) in a child process that can be SIGKILLed, and an
 order-independent fingerprint of every warehouse table.
 
-Child runs are forked from the test process after ``pipelines.definitions`` is
-imported once: the child then calls ``pipelines.cli.main(["run", ...])`` with
-only environment variables set, like ``./dev run``, but skips the 10-20 s of
-imports a fresh interpreter pays. That keeps twenty kills affordable.
+Child runs are forked from a fork server (multiprocessing's ``forkserver``) that
+imported ``pipelines.definitions`` once and has done nothing else: the child
+then calls ``pipelines.cli.main(["run", ...])`` with only environment variables
+set, like ``./dev run``, but skips the seconds of imports a fresh interpreter
+pays. That keeps twenty kills affordable. Not forked from the test process
+itself: by then it has run DuckDB and Arrow thread pools, and a child forked
+from a process with busy threads inherits their locks and allocator state
+mid-flight (a CI recovery run once died of SIGSEGV that way).
 
 Bounds: CI runs a bounded number of kills and examples; ``RELIABILITY_FULL=1``
 (set by ``benchmarks/reliability.py``) runs the full numbers. Figures each test
@@ -193,6 +197,7 @@ class Run:
     killed: bool = False
     steps: dict[str, dict[str, float]] = field(default_factory=dict)
     _read: int = 0
+    process: Any = field(default=None, repr=False)  # multiprocessing.Process of a live run
 
     @property
     def stdout(self) -> str:
@@ -225,10 +230,8 @@ class Run:
         return max(open_steps)[1] if open_steps else None
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+        if self.returncode is None and self.process is not None:
+            self.returncode = self.process.exitcode  # -N when killed by signal N
         self.poll_steps()
         return self.returncode
 
@@ -246,8 +249,8 @@ class Run:
         if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
+            self.process.join()
+            self.returncode = self.process.exitcode
             self.killed = True
         self.poll_steps()
 
@@ -258,6 +261,22 @@ def preload() -> None:
     from pipelines.definitions import defs
 
     defs.resolve_job_def("refresh_all")
+
+
+_FORKSERVER: Any = None
+
+
+def _forkserver() -> Any:
+    """The multiprocessing context whose server process preloads the code location."""
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("forkserver")
+        # The server imports these and nothing else: no DuckDB connection, no query.
+        context.set_forkserver_preload(["tests.forkserver_preload"])
+        _FORKSERVER = context
+    return _FORKSERVER
 
 
 NETWORK_LOG = "network_attempts.log"
@@ -354,26 +373,25 @@ def start_run(
     prepare: Callable[[], None] | None = None,
     **env: str,
 ) -> Run:
-    """Fork a child that runs ``refresh_all`` via the CLI with the site's env vars.
+    """Fork a child (from the fork server) that runs ``refresh_all`` via the CLI.
 
     ``offline``: the child has no network (see :func:`_cut_network`); attempts are
-    logged to ``logs/network_attempts.log``.
+    logged to ``logs/network_attempts.log``. ``prepare`` runs in the child first; it
+    is pickled, so a module-level function or a ``functools.partial`` of one.
     """
-    preload()
     logs = site.root / "logs"
     logs.mkdir(exist_ok=True)
     out, err = logs / f"{tag}.out", logs / f"{tag}.err"
     argv = ["run", "--log-level", log_level]
     full_env = site.env(**env)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    started = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child never returns
-        _child(full_env, out, err, argv, offline, prepare)
     out.touch()
     err.touch()
-    return Run(pid, out, err, started)
+    process = _forkserver().Process(
+        target=_child, args=(full_env, out, err, argv, offline, prepare), daemon=False
+    )
+    started = time.perf_counter()
+    process.start()
+    return Run(process.pid, out, err, started, process=process)
 
 
 def run_to_end(

@@ -11,8 +11,9 @@ PREFIXES = {"staging", "quarantine", "marts", "reports", "published"}
 
 def _specs():
     graph = defs.resolve_asset_graph()
-    return [graph.get(key) for key in graph.get_all_asset_keys()
-            if graph.get(key).is_materializable]
+    return [
+        graph.get(key) for key in graph.get_all_asset_keys() if graph.get(key).is_materializable
+    ]
 
 
 def test_every_asset_has_a_schema_prefix_a_group_and_a_description():
@@ -31,7 +32,6 @@ def test_every_asset_has_a_schema_prefix_a_group_and_a_description():
 def test_refresh_all_selects_every_asset_and_runs_in_process():
     job = defs.resolve_job_def("refresh_all")
     assert job.executor_def is dg.in_process_executor
-    graph = defs.resolve_asset_graph()
     materializable = {n.key for n in _specs()}
     selected = set(job.asset_layer.asset_graph.get_all_asset_keys()) & materializable
     assert selected == materializable

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import subprocess
@@ -188,7 +189,7 @@ def test_disk_full_while_writing_reports_keeps_the_previous_reports(tmp_path):
     site, _ = _previous(tmp_path)
     before = file_tree(site.reports)
     folder = str(site.reports)
-    run = run_to_end(site, "reports_enospc", prepare=lambda: _enospc_under(folder))
+    run = run_to_end(site, "reports_enospc", prepare=functools.partial(_enospc_under, folder))
     summary = assert_clear_failure(run, "No space left on device")
     assert file_tree(site.reports) == before
     assert not [p for p in site.reports.iterdir() if p.name.startswith(".")], "temp files left"
