@@ -65,11 +65,17 @@ def build_scores(con: duckdb.DuckDBPyConnection) -> int:
     return replace_tables(con, {"marts.scores": load_sql("scores")})["marts.scores"]
 
 
+# NHS Talking Therapies: an episode "finished a course of treatment" when it ended with
+# at least this many attended non-assessment sessions (METRICS.md, service KPIs).
+FINISHED_MIN_SESSIONS = 2
+
+
 def attendance_params(settings: Settings) -> dict[str, Any]:
     """The tunables episode_attendance.sql takes, from the clinic config."""
     return {
         "disengaged_after_days": settings.disengaged_after_days,
         "early_dropout_max_attended": settings.early_dropout_max_attended,
+        "finished_min_sessions": FINISHED_MIN_SESSIONS,
     }
 
 

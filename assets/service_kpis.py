@@ -27,7 +27,6 @@ SERVICE_KEY = "__service__"  # clinic_id of the whole-service rows
 DEPRESSION_INSTRUMENT = "PHQ-9"  # NHS Talking Therapies pair, and the primary instrument
 ANXIETY_INSTRUMENT = "GAD-7"
 PAIR_LABEL = f"{DEPRESSION_INSTRUMENT}+{ANXIETY_INSTRUMENT}"  # instrument of the NHS-style KPIs
-FINISHED_MIN_SESSIONS = 2  # NHS: finished = ended with >= 2 treatment (non-assessment) sessions
 PAIRED_SHARE_AIM = 0.90  # NHS Talking Therapies aims for paired scores in >= 90% of finished
 CI_LEVEL = 0.95
 # Minami et al. (2008) clinical-trial benchmark of pre-post d for adult depression
@@ -77,7 +76,6 @@ def kpi_params(settings: Settings | None = None) -> dict[str, object]:
         "depression_instrument": DEPRESSION_INSTRUMENT,
         "anxiety_instrument": ANXIETY_INSTRUMENT,
         "pair_label": PAIR_LABEL,
-        "finished_min_sessions": FINISHED_MIN_SESSIONS,
         "paired_share_aim": PAIRED_SHARE_AIM,
         "z": z_value(),
         "benchmark_d": settings.effect_size_benchmark_d,

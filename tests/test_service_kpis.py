@@ -33,7 +33,8 @@ MART_COLUMNS: dict[str, str] = {
         late_cancelled INTEGER, client_cancelled INTEGER, clinic_cancelled INTEGER,
         attendance_rate DOUBLE, dna_rate DOUBLE, first_attended_at TIMESTAMP,
         last_attended_at TIMESTAMP, median_gap_days DOUBLE, max_gap_days INTEGER,
-        status VARCHAR, dropout BOOLEAN, early_dropout BOOLEAN""",
+        status VARCHAR, dropout BOOLEAN, early_dropout BOOLEAN,
+        attended_non_assessment INTEGER, finished BOOLEAN""",
     "episode_outcomes": """episode_id VARCHAR, instrument VARCHAR, n_scores INTEGER,
         baseline_score DOUBLE, baseline_at TIMESTAMP, final_score DOUBLE, final_at TIMESTAMP,
         change DOUBLE, paired BOOLEAN, baseline_caseness BOOLEAN, final_caseness BOOLEAN,
@@ -64,7 +65,8 @@ def make_marts(
     scores: give episode_id, instrument, administered_at, total (+ session_number);
     ids, client, clinic, clinician and construct are filled in from staging.
     episode_attendance: one row per staged episode; a stand-in derivation (status from
-    end_reason, counts from staged sessions) that the given rows override by episode_id.
+    end_reason, counts and ``finished`` from staged sessions) that the given rows
+    override by episode_id.
     episode_outcomes: rows as given (see ``outcome``).
     """
     _insert(
@@ -90,6 +92,9 @@ def make_marts(
                    AS late_cancelled,
                min(s.scheduled_at) FILTER (WHERE s.status = 'attended') AS first_attended_at,
                max(s.scheduled_at) FILTER (WHERE s.status = 'attended') AS last_attended_at,
+               count(s.session_id) FILTER (WHERE s.status = 'attended'
+                                           AND s.session_type <> 'assessment')::INTEGER
+                   AS attended_non_assessment,
                CASE WHEN e.end_date IS NULL THEN 'open'
                     WHEN e.end_reason IN ('completed', 'mutual_agreement') THEN 'completed'
                     WHEN e.end_reason IN ('dropout', 'declined') THEN e.end_reason
@@ -101,6 +106,8 @@ def make_marts(
         row = {**rec, **given.get(rec["episode_id"], {})}
         row.setdefault("dropout", row["status"] in ("dropout", "disengaged"))
         row.setdefault("early_dropout", False)
+        # NHS "finished": ended with 2+ attended non-assessment sessions (METRICS.md).
+        row.setdefault("finished", rec["status"] != "open" and row["attended_non_assessment"] >= 2)
         rows.append(row)
     _insert(con, "episode_attendance", rows)
     _insert(con, "episode_outcomes", list(episode_outcomes))

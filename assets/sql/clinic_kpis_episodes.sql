@@ -5,8 +5,8 @@
 --   dropout/completion counts in. end_date when set; a disengaged episode
 --   (no end_date) ended on its last attended session (start_date if none).
 -- * finished: NHS Talking Therapies "finished a course of treatment": ended
---   (end_date set) with at least $finished_min_sessions attended sessions
---   whose session_type is not 'assessment'.
+--   (end_date set) with at least 2 attended sessions whose session_type is not
+--   'assessment'; defined once, in marts.episode_attendance, and read from it.
 -- * The NHS-style paired outcome uses $depression_instrument and
 --   $anxiety_instrument together. An occasion is a calendar day (clinic time)
 --   on which both were administered (the first administration of each that
@@ -15,13 +15,7 @@
 --   cutoff, direction and reliable change from staging.instruments; scores and
 --   differences are rounded to 6 decimals before they meet a threshold, as in
 --   marts.episode_outcomes.
-WITH treatment_sessions AS (
-    SELECT episode_id, count(*) AS attended_treatment_sessions
-    FROM staging.sessions
-    WHERE status = 'attended' AND session_type <> 'assessment'
-    GROUP BY episode_id
-),
-daily AS (
+WITH daily AS (
     SELECT episode_id, instrument, administered_at::DATE AS day, total
     FROM marts.scores
     WHERE instrument IN ($depression_instrument, $anxiety_instrument)
@@ -79,18 +73,17 @@ episodes AS (
            CASE WHEN e.end_date IS NOT NULL THEN e.end_date
                 WHEN a.status = 'disengaged' THEN coalesce(a.last_attended_at::DATE, e.start_date)
            END AS ended_on,
-           coalesce(t.attended_treatment_sessions, 0) AS attended_treatment_sessions
+           coalesce(a.attended_non_assessment, 0) AS attended_treatment_sessions,
+           coalesce(a.finished, false) AS finished
     FROM staging.episodes e
     LEFT JOIN marts.episode_attendance a ON a.episode_id = e.episode_id
-    LEFT JOIN treatment_sessions t ON t.episode_id = e.episode_id
 )
 SELECT e.episode_id, e.client_id, e.clinic_id, e.clinician_id, e.start_date, e.end_date,
        e.end_reason, e.status, e.dropout, e.early_dropout,
        e.ended_on,
        date_trunc('month', e.ended_on)::DATE AS ended_month,
        e.attended_treatment_sessions,
-       (e.end_date IS NOT NULL
-        AND e.attended_treatment_sessions >= $finished_min_sessions) AS finished,
+       e.finished,
        coalesce(p.occasions, 0) AS pair_occasions,
        coalesce(p.last_day > p.first_day, false) AS pair_paired,
        CASE WHEN p.last_day > p.first_day THEN p.first_day END AS pair_first_day,

@@ -4,6 +4,7 @@
 -- Parameters (Settings, clinic config):
 --   $disengaged_after_days       default 60
 --   $early_dropout_max_attended  default 3
+--   $finished_min_sessions       2 (core_marts.FINISHED_MIN_SESSIONS)
 -- As-of is the data cut date in staging.run_info, never the clock.
 
 WITH run AS (
@@ -25,7 +26,7 @@ counts AS (
         count(*) FILTER (WHERE status = 'late_cancelled')        AS late_cancelled,
         count(*) FILTER (WHERE status = 'client_cancelled')      AS client_cancelled,
         count(*) FILTER (WHERE status = 'clinic_cancelled')      AS clinic_cancelled,
-        -- NHS Talking Therapies "finished treatment" needs >= 2 of these
+        -- NHS Talking Therapies "finished treatment" needs $finished_min_sessions of these
         count(*) FILTER (WHERE status = 'attended' AND session_type <> 'assessment')
                                                                  AS attended_non_assessment
     FROM held
@@ -152,8 +153,9 @@ SELECT
     CASE WHEN attended + no_show > 0
          THEN no_show / (attended + no_show) END                   AS dna_rate_nhs,
     attended_non_assessment,
-    -- NHS Talking Therapies "finished treatment": ended, >= 2 attended non-assessment sessions
-    end_date IS NOT NULL AND attended_non_assessment >= 2          AS finished,
+    -- NHS Talking Therapies "finished treatment": ended, >= $finished_min_sessions attended
+    -- non-assessment sessions (the one definition; marts.clinic_kpis_episodes reads it)
+    end_date IS NOT NULL AND attended_non_assessment >= $finished_min_sessions AS finished,
     days_inactive
 FROM with_status
 ORDER BY episode_id
