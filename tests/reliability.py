@@ -365,6 +365,22 @@ def _child(
         os._exit(code)
 
 
+def run_forked(target: Callable[..., None], *args: Any, timeout: float = 300) -> int:
+    """``target(*args)`` in a child of the fork server; its exit code (-N: killed by signal N).
+
+    For children that are not job runs (e.g. one DuckDB transaction killed mid-way);
+    ``target`` must be a module-level function (it is pickled).
+    """
+    process = _forkserver().Process(target=target, args=args)
+    process.start()
+    process.join(timeout)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        raise TimeoutError(f"{target.__name__} did not finish in {timeout}s")
+    return process.exitcode
+
+
 def start_run(
     site: Site,
     tag: str,

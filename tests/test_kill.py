@@ -45,6 +45,7 @@ from tests.reliability import (
     open_warehouse,
     record,
     report_state,
+    run_forked,
     run_id_of,
     snapshot_of,
     start_run,
@@ -333,14 +334,7 @@ def test_wal_replay_is_all_or_nothing_per_transaction(tmp_path):
     with duckdb.connect(str(database)) as con:
         con.execute("CREATE SCHEMA marts")
         replace_tables(con, {"marts.a": "SELECT 1 AS x", "marts.b": "SELECT 1 AS y, 'x' AS label"})
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child dies by SIGKILL
-        try:
-            _commit_then_die(str(database))
-        finally:
-            os._exit(70)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == -9
+    assert run_forked(_commit_then_die, str(database)) == -9
     wal = tmp_path / "warehouse.duckdb.wal"
     assert wal.is_file()
     shutil.copy(database, tmp_path / "db.orig")
