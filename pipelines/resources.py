@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
+import time
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +19,15 @@ from schemas.settings import Settings, load_settings
 # Every step that opens the warehouse takes a slot of this pool (limit 1 in the
 # shipped dagster.yaml): DuckDB allows one process per file at a time.
 WAREHOUSE_POOL = "warehouse"
+
+# How long opening the warehouse waits while another process holds DuckDB's file
+# lock. The pool keeps steps apart; this covers what it cannot: a fresh Dagster
+# instance whose first two runs race to create the pool's slot (CI saw two runs
+# each get one), the moment a finishing process takes to let go of the file, a
+# notebook's short write. Past this, a clear error names the lock holder.
+LOCK_WAIT_SECONDS = 120.0
+
+log = logging.getLogger(__name__)
 
 # DuckDB's buffer pool for a warehouse connection. DuckDB's own default is 80% of
 # the machine, which one mart could take from a shared server; beyond the cap
@@ -69,14 +80,48 @@ class OutcomesResource(dg.ConfigurableResource):
             yield con
 
 
+def _is_lock_conflict(exc: duckdb.Error) -> bool:
+    return "Could not set lock on file" in str(exc)
+
+
+def connect_waiting(
+    path: Path, read_only: bool = False, lock_wait: float = LOCK_WAIT_SECONDS
+) -> duckdb.DuckDBPyConnection:
+    """``duckdb.connect``, waiting up to ``lock_wait`` s while another process holds the file."""
+    deadline = time.monotonic() + lock_wait
+    delay = 0.05
+    waited = False
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _is_lock_conflict(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"The warehouse {path} is locked by another process (waited "
+                    f"{lock_wait:.0f} s). Close notebooks or runs that opened it for writing, "
+                    f"then run again. DuckDB: {str(exc).splitlines()[0]}"
+                ) from None
+            if not waited:
+                log.warning("%s is locked by another process; waiting for it", path)
+                waited = True
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            continue
+        if waited:
+            log.info("%s: lock released, opened", path)
+        return con
+
+
 @contextlib.contextmanager
 def warehouse_connection(
-    path: Path, read_only: bool = False
+    path: Path, read_only: bool = False, lock_wait: float = LOCK_WAIT_SECONDS
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
+    con = connect_waiting(path, read_only=read_only, lock_wait=lock_wait)
     try:
         con.execute(f"SET memory_limit = '{warehouse_memory_limit() >> 20}MiB'")
         if not read_only:

@@ -1,13 +1,19 @@
-"""Warehouse connections: DuckDB's buffer pool is capped so big marts spill, not balloon."""
+"""Warehouse connections: DuckDB's buffer pool is capped so big marts spill, not balloon;
+a file locked by another process is waited for, then refused with a clear error."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from pipelines.resources import (
     WAREHOUSE_MEMORY_MAX,
+    connect_waiting,
     warehouse_connection,
     warehouse_memory_limit,
 )
@@ -27,3 +33,45 @@ def test_warehouse_connections_cap_the_buffer_pool(tmp_path: Path) -> None:
         assert _memory_limit(con) == _memory_limit(expected)
     with warehouse_connection(path, read_only=True) as con:
         assert _memory_limit(con) == _memory_limit(expected)
+
+
+def _hold_lock(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process that opens ``path`` for writing and keeps it for ``seconds``."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(float(sys.argv[2])); c.close()",
+            str(path),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_warehouse_locked_by_another_process_is_waited_for(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    holder = _hold_lock(path, 1.5)
+    started = time.monotonic()
+    try:
+        with warehouse_connection(path, lock_wait=60) as con:
+            waited = time.monotonic() - started
+            assert con.execute("SELECT 42").fetchone() == (42,)
+    finally:
+        holder.wait(30)
+    assert waited > 0.5  # it did wait for the holder, and got the file once it let go
+
+
+def test_a_lock_held_past_the_wait_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    holder = _hold_lock(path, 5)
+    try:
+        with pytest.raises(RuntimeError, match=r"locked by another process \(waited 1 s\)"):
+            connect_waiting(path, lock_wait=1)
+    finally:
+        holder.kill()
+        holder.wait(30)
