@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -247,8 +246,7 @@ class Run:
     def kill(self) -> None:
         """SIGKILL: no cleanup handler, no finally block, no flush runs."""
         if self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+            self.process.kill()  # SIGKILL; a child that already ended is left as it is
             self.process.join()
             self.returncode = self.process.exitcode
             self.killed = True
