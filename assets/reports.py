@@ -13,6 +13,7 @@ docs/reports.md.
 """
 
 import calendar
+import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
@@ -1528,48 +1529,59 @@ def build_qi_report(
     period_month: str | dt.date | None = None,
     logger: Any = None,
 ) -> ReportResult:
-    """Write the service page, one page per clinic and the published KPI CSV."""
+    """Write the service page, one page per clinic and the published KPI CSV.
+
+    The PNG/PDF export of the service page's figures (Chromium, several seconds)
+    starts as soon as those figures exist and runs beside the clinic pages.
+    """
     logger = logger or log
     run = run_info(con)
     period = reporting_period(run["as_of"], period_month)
     sections = qi_sections(con, settings, period)
     clinics = _clinics(con)
-    pages: dict[str, PageText] = {}
-    service_page = None
-    for clinic in [SERVICE_KEY, *clinics]:
-        page = qi_page(con, settings, sections, period, run, clinic, clinics)
-        name = "service.html" if clinic == SERVICE_KEY else f"clinic_{_slug(clinic)}.html"
-        pages[name] = render_page(
-            title=page.title,
-            subtitle=f"Reporting period {_esc(period.label())}; "
-            f"trends {_esc(period.window_label())}; data cut date {_esc(run['as_of'])}",
-            nav=page.nav,
-            body=page.body(),
-            footer=_footer(run),
-            run_id=str(run["run_id"]),
-        )
-        if clinic == SERVICE_KEY:
-            service_page = page
     target = Path(settings.reports_dir) / QI_DIR
+    service_page = qi_page(con, settings, sections, period, run, SERVICE_KEY, clinics)
+    with StaticExport(service_page.figures, target, logger) as static:
 
-    def extra(folder: Path) -> list[Path]:
-        written = []
-        kpis = sections["kpis"].frame
-        if kpis is not None:
-            written.append(
-                write_csv(kpis.drop(columns=["quantity"]), folder / "kpis_published.csv")
-            )
-        return written
+        def pages() -> Iterator[tuple[str, PageText]]:
+            for clinic in [SERVICE_KEY, *clinics]:
+                page = (
+                    service_page
+                    if clinic == SERVICE_KEY
+                    else qi_page(con, settings, sections, period, run, clinic, clinics)
+                )
+                name = "service.html" if clinic == SERVICE_KEY else f"clinic_{_slug(clinic)}.html"
+                yield (
+                    name,
+                    render_page(
+                        title=page.title,
+                        subtitle=f"Reporting period {_esc(period.label())}; "
+                        f"trends {_esc(period.window_label())}; data cut date {_esc(run['as_of'])}",
+                        nav=page.nav,
+                        body=page.body(),
+                        footer=_footer(run),
+                        run_id=str(run["run_id"]),
+                    ),
+                )
 
-    written, csvs = write_folder(target, pages, extra)
-    static = export_static(service_page.figures if service_page else {}, target / "static", logger)
+        def extra(folder: Path) -> list[Path]:
+            written = []
+            kpis = sections["kpis"].frame
+            if kpis is not None:
+                written.append(
+                    write_csv(kpis.drop(columns=["quantity"]), folder / "kpis_published.csv")
+                )
+            return written
+
+        written, csvs = write_folder(target, pages(), extra)
+        static_files = static.place(target / "static")
     write_index(Path(settings.reports_dir), run)
     return ReportResult(
         main=target / "service.html",
         pages=written,
         sections={name: s.status() for name, s in sections.items()},
         suppressed=suppressed_cells(s.frame for s in sections.values()),
-        static=static,
+        static=static_files,
         csv=csvs,
         period=period.month.strftime("%Y-%m"),
     )
@@ -1717,6 +1729,75 @@ def export_static(figs: Mapping[str, go.Figure], folder: Path, logger: Any = Non
         return []
     logger.info(f"Static export: {len(paths)} files in {folder}")
     return paths
+
+
+class _LogBuffer:
+    """Log lines of a worker thread, replayed by the step's own thread (Dagster's
+    logger writes run events, which belong to the step)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, text: str) -> None:
+        self.lines.append(("info", text))
+
+    def warning(self, text: str) -> None:
+        self.lines.append(("warning", text))
+
+
+class StaticExport:
+    """``export_static`` in a background thread, into a folder beside ``target``.
+
+    Chromium renders in its own processes, so the export overlaps the Python
+    that builds and writes the other pages. ``place`` waits for it and moves
+    the files under the published folder; leaving the ``with`` block any other
+    way waits too (kaleido cannot be cancelled) and deletes the files.
+    """
+
+    def __init__(self, figs: Mapping[str, go.Figure], target: Path, logger: Any) -> None:
+        self.logger = logger
+        self.folder = target.parent / f".{target.name}.static-{os.getpid()}"
+        self.figs = figs
+        self._log = _LogBuffer()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._future: concurrent.futures.Future[list[Path]] | None = None
+        self._waited = False
+
+    def __enter__(self) -> "StaticExport":
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        # Leftovers of a run killed mid-export (any pid, this one included).
+        for stale in self.folder.parent.glob(f"{self.folder.name.rsplit('-', 1)[0]}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="static-export")
+        self._future = self._pool.submit(export_static, self.figs, self.folder, self._log)
+        return self
+
+    def _wait(self) -> list[Path]:
+        assert self._future is not None and self._pool is not None
+        self._waited = True
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown()
+            for level, text in self._log.lines:
+                getattr(self.logger, level)(text)
+            self._log.lines.clear()
+
+    def place(self, destination: Path) -> list[Path]:
+        """Wait for the export and move its files to ``destination``; their new paths."""
+        files = self._wait()
+        if not files:
+            return []
+        shutil.rmtree(destination, ignore_errors=True)
+        self.folder.rename(destination)
+        return [destination / f.name for f in files]
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._future is not None and not self._waited:
+                self._wait()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -138,19 +139,55 @@ _S = r"\t\n\v\f\r\x1c-\x1f "
 _PHONE_ASCII = rf"^[{_S}]*(?:\+|00)?\(?[0-9][0-9{_S}().\-/]{{7,}}[0-9][{_S}]*$"
 
 
+_DIGITS = b"0123456789"
+
+
+def _value_bytes(arr: pa.ChunkedArray) -> list[bytes] | None:
+    """The bytes of every value of a string column, chunk by chunk (None: not plain strings).
+
+    Read from each chunk's data buffer between its first and last offset, so a
+    slice of a larger batch reads only its own values (and any bytes a null
+    slot may hold: a superset, which is all the callers need).
+    """
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return None
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    out = []
+    for chunk in arr.chunks:
+        if len(chunk) == 0:
+            continue
+        _, offsets, data = chunk.buffers()
+        bounds = np.frombuffer(offsets, dtype=width)
+        start, end = int(bounds[chunk.offset]), int(bounds[chunk.offset + len(chunk)])
+        out.append(b"" if data is None else data.to_pybytes()[start:end])
+    return out
+
+
 def _candidates(values: pd.Series) -> pd.Series:
     """Non-null values that may be an e-mail address or a phone number (a superset)."""
     arr = getattr(values.array, "_pa_array", None)
     if arr is None:
         arr = pa.chunked_array([pa.array(values.astype(object), pa.string(), from_pandas=True)])
-    maybe = pc.or_(pc.match_substring(arr, "@"), pc.invert(pc.string_is_ascii(arr)))
-    # _PHONE_ASCII needs 9 characters at least: shorter values skip the regex.
+    # Most columns hold neither an '@' nor a non-ASCII byte anywhere: one scan of the
+    # column's bytes settles that, instead of two kernels over every value.
+    chunks = _value_bytes(arr)
+    maybe = None
+    if chunks is None or any(b"@" in b or not b.isascii() for b in chunks):
+        maybe = pc.or_(pc.match_substring(arr, "@"), pc.invert(pc.string_is_ascii(arr)))
+    # A phone number the exact check flags has 9 digits or more (non-ASCII ones are
+    # candidates already): a column with fewer digits in all skips the regex, and
+    # so do values shorter than the 9 characters _PHONE_ASCII needs.
+    digits = (
+        None if chunks is None else sum(len(b) - len(b.translate(None, _DIGITS)) for b in chunks)
+    )
     long = pc.greater_equal(pc.binary_length(arr), 9)
-    if pc.any(long).as_py():
+    if (digits is None or digits >= 9) and pc.any(long).as_py():
         phone = pc.match_substring_regex(
             pc.if_else(long, arr, pa.scalar("", pa.string())), _PHONE_ASCII
         )
-        maybe = pc.or_(maybe, phone)
+        maybe = phone if maybe is None else pc.or_(maybe, phone)
+    if maybe is None:
+        return values.iloc[:0]
     return values[pc.fill_null(maybe, False).to_numpy(zero_copy_only=False)]
 
 

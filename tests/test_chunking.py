@@ -268,6 +268,37 @@ def test_privacy_prefilter_keeps_known_identifiers(value):
     assert privacy.identifier_like_values(column) is not None
 
 
+def _sliced_column(values: list[str], start: int, stop: int) -> pd.Series:
+    """A text column that is a slice of a larger Arrow batch, as the CSV reader makes."""
+    whole = pa.array(values, pa.large_string())
+    return pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([whole[start:stop]])))
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [("jane@example.org", "e-mail addresses"), ("+44 7700 900123", "phone numbers")],
+)
+def test_privacy_byte_scan_reads_its_own_slice_only(value, found):
+    # The '@' / non-ASCII / digit-count shortcuts read the column's data buffer:
+    # bytes of values outside the slice must neither flag nor hide anything.
+    ids = [f"A{i:08d}" for i in range(3000)]
+    values = [value, *ids[:1500], value, *ids[1500:], value]
+    assert privacy.identifier_like_values(_sliced_column(values, 1, 1501)) is None
+    assert privacy.identifier_like_values(_sliced_column(values, 1, 1502)) == found
+    assert privacy.identifier_like_values(_sliced_column(values, 1502, len(values))) == found
+
+
+def test_privacy_digit_shortcut_counts_the_whole_column():
+    # No value has 9 digits on its own, so the column must not be flagged, but the
+    # column has 9+ digits in all: the regex still runs and finds the one phone.
+    enums = ["late_cancelled", "attended", "no_show"] * 700
+    assert privacy.identifier_like_values(pd.Series(enums, dtype=TEXT)) is None
+    with_phone = pd.Series([*enums, "0161 496 0000"], dtype=TEXT)
+    assert privacy.identifier_like_values(with_phone) == "phone numbers"
+    short_numbers = pd.Series(["12", "345", "6789"] * 700, dtype=TEXT)
+    assert privacy.identifier_like_values(short_numbers) is None
+
+
 def test_parse_is_the_same_with_and_without_the_per_chunk_memo():
     from schemas.parsing import parse_once
 

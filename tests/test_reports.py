@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -640,5 +641,64 @@ def test_report_assets_materialize_with_path_and_size(tmp_path):
     )
     assert qi["size_bytes"].value > 4_000_000  # plotly.js is inside
     assert qi["period"].value == "2026-06"
+    if reports.find_chrome():  # CI installs Chromium: the PNG/PDF export ran beside the pages
+        static = sorted((tmp_path / "out" / "qi_report" / "static").iterdir())
+        assert qi["static_files"].value == len(static) > 0
+        assert {p.suffix for p in static} == {".png", ".pdf"}
+        assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []
     caseload = by_key["reports/clinician_caseload"]
     assert caseload["pages"].value >= 1 and caseload["total_bytes"].value > 0
+
+
+def _fake_export(figs, folder, logger):
+    """export_static's contract without Chromium: a file per figure and a log line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in figs:
+        path = folder / f"{name}.png"
+        path.write_bytes(b"png")
+        paths.append(path)
+    logger.info(f"Static export: {len(paths)} files in {folder}")
+    return paths
+
+
+def test_static_export_runs_beside_the_pages_and_lands_in_the_published_folder(
+    monkeypatch, tmp_path
+):
+    import threading
+
+    threads = []
+
+    def export(figs, folder, logger):
+        threads.append(threading.current_thread().name)
+        return _fake_export(figs, folder, logger)
+
+    monkeypatch.setattr(reports, "export_static", export)
+    target = tmp_path / "qi_report"
+    (tmp_path / ".qi_report.static-99999").mkdir()  # left by a run killed mid-export
+    log = Log()
+    with reports.StaticExport({"a": None, "b": None}, target, log) as static:
+        reports.write_folder(target, {"service.html": "page"})
+        placed = static.place(target / "static")
+    assert threads and threads[0].startswith("static-export")  # not the caller's thread
+    assert placed == [target / "static" / "a.png", target / "static" / "b.png"]
+    assert all(p.read_bytes() == b"png" for p in placed)
+    assert log.lines == [
+        f"Static export: 2 files in {tmp_path / f'.qi_report.static-{os.getpid()}'}"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qi_report"]
+
+
+def test_a_failed_report_waits_for_the_static_export_and_leaves_no_files(monkeypatch, tmp_path):
+    monkeypatch.setattr(reports, "export_static", _fake_export)
+    target = tmp_path / "qi_report"
+    reports.write_folder(target, {"service.html": "old"})
+    log = Log()
+    with (
+        pytest.raises(RuntimeError, match="disk full"),
+        reports.StaticExport({"a": None}, target, log),
+    ):
+        raise RuntimeError("disk full")
+    assert len(log.lines) == 1  # the export finished and said so before the error went on
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qi_report"]
+    assert sorted(p.name for p in target.iterdir()) == ["service.html"]
