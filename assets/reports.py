@@ -1528,11 +1528,13 @@ def build_qi_report(
     settings: Settings,
     period_month: str | dt.date | None = None,
     logger: Any = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> ReportResult:
     """Write the service page, one page per clinic and the published KPI CSV.
 
-    The PNG/PDF export of the service page's figures (Chromium, several seconds)
-    starts as soon as those figures exist and runs beside the clinic pages.
+    The PNG/PDF export of the service page's figures (Chromium, several seconds,
+    mostly waiting) starts as soon as those figures exist and runs beside the
+    clinic pages and then ``meanwhile`` (the caseload pages, in a full run).
     """
     logger = logger or log
     run = run_info(con)
@@ -1574,6 +1576,8 @@ def build_qi_report(
             return written
 
         written, csvs = write_folder(target, pages(), extra)
+        if meanwhile is not None:
+            meanwhile()
         static_files = static.place(target / "static")
     write_index(Path(settings.reports_dir), run)
     return ReportResult(
@@ -1789,6 +1793,7 @@ class StaticExport:
         if not files:
             return []
         shutil.rmtree(destination, ignore_errors=True)
+        destination.parent.mkdir(parents=True, exist_ok=True)
         self.folder.rename(destination)
         return [destination / f.name for f in files]
 
@@ -2262,39 +2267,104 @@ def _report_metadata(result: ReportResult) -> dict[str, Any]:
     }
 
 
-@dg.asset(
+QI_KEY = dg.AssetKey(["reports", "qi_report"])
+CASELOAD_KEY = dg.AssetKey(["reports", "clinician_caseload"])
+
+
+@dg.multi_asset(
+    name="reports",
     pool=WAREHOUSE_POOL,
-    key=["reports", "qi_report"],
-    group_name=GROUP,
-    deps=asset_keys(
-        "staging/episodes",
-        "marts/clinic_kpis",
-        "marts/clinic_kpis_episodes",
-        "marts/episode_outcomes",
-        "marts/alerts",
-        "marts/alliance_monthly",
-        "marts/session_alliance",
-        "marts/clinician_adjusted_outcomes",
-        "marts/retention_curve",
-        "marts/dose_response",
-        "marts/etr_backtest",
-        "marts/etr_backtest_episodes",
-    ),
-    kinds={"plotly", "html"},
-    description=(
-        "Service quality-improvement report: one self-contained HTML page for the whole service "
-        "and one per clinic (reports/qi_report/), for the last full month (trends over 12 "
-        "months): KPI tiles, trends, outcome categories, effect size vs benchmark, retention, "
-        "dose-response, measurement completeness, clinician funnel plot, equity, alerts and a "
-        "methods box. Every number goes through small-cell suppression; opens offline."
-    ),
+    can_subset=True,
+    specs=[
+        dg.AssetSpec(
+            QI_KEY,
+            group_name=GROUP,
+            deps=asset_keys(
+                "staging/episodes",
+                "marts/clinic_kpis",
+                "marts/clinic_kpis_episodes",
+                "marts/episode_outcomes",
+                "marts/alerts",
+                "marts/alliance_monthly",
+                "marts/session_alliance",
+                "marts/clinician_adjusted_outcomes",
+                "marts/retention_curve",
+                "marts/dose_response",
+                "marts/etr_backtest",
+                "marts/etr_backtest_episodes",
+            ),
+            kinds={"plotly", "html"},
+            description=(
+                "Service quality-improvement report: one self-contained HTML page for the whole "
+                "service and one per clinic (reports/qi_report/), for the last full month (trends "
+                "over 12 months): KPI tiles, trends, outcome categories, effect size vs "
+                "benchmark, retention, dose-response, measurement completeness, clinician funnel "
+                "plot, equity, alerts and a methods box. Every number goes through small-cell "
+                "suppression; opens offline."
+            ),
+        ),
+        dg.AssetSpec(
+            CASELOAD_KEY,
+            group_name=GROUP,
+            deps=asset_keys(
+                "staging/episodes",
+                "staging/sessions",
+                "marts/episode_attendance",
+                "marts/scores",
+                "marts/episode_outcomes",
+                "marts/alerts",
+                "marts/expected_trajectory",
+            ),
+            kinds={"plotly", "html"},
+            description=(
+                "One HTML page per clinician (reports/therapist_caseload/): each open episode "
+                "with its latest scores, open alerts and a small trajectory (cutoff, "
+                "reliable-change band, expected range, SRS, attended and missed sessions). "
+                "Pseudonymous ids only."
+            ),
+        ),
+    ],
 )
-def qi_report(
+def report_assets(
     context: dg.AssetExecutionContext, config: QIReportConfig, outcomes: OutcomesResource
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
+    """Both reports in one step: the caseload pages are written while Chromium renders
+    the QI report's PNG/PDF files (mostly waiting, not computing), instead of after.
+
+    A failing caseload still lets the QI report finish and materialize; its error is
+    raised afterwards.
+    """
     settings = outcomes.settings
+    selected = context.selected_asset_keys
+    caseload: list[ReportResult] = []
+    caseload_error: list[BaseException] = []
+
+    def write_caseload() -> None:
+        try:
+            caseload.append(build_caseload_reports(con, settings, context.log))
+        except Exception as exc:  # noqa: BLE001 (raised below, once the QI report is done)
+            caseload_error.append(exc)
+
     with outcomes.connect(read_only=True) as con:
-        result = build_qi_report(con, settings, config.period or None, context.log)
+        if QI_KEY in selected:
+            meanwhile = write_caseload if CASELOAD_KEY in selected else None
+            result = build_qi_report(con, settings, config.period or None, context.log, meanwhile)
+            yield _qi_materialization(context, result, settings)
+        elif CASELOAD_KEY in selected:
+            write_caseload()
+    if caseload_error:
+        raise caseload_error[0]
+    if caseload:
+        result = caseload[0]
+        context.log.info(f"Clinician caseload pages: {len(result.pages)} in {result.main.parent}")
+        metadata = _report_metadata(result)
+        metadata["path"] = dg.MetadataValue.path(str(Path(settings.reports_dir) / CASELOAD_DIR))
+        yield dg.MaterializeResult(asset_key=CASELOAD_KEY, metadata=metadata)
+
+
+def _qi_materialization(
+    context: dg.AssetExecutionContext, result: ReportResult, settings: Settings
+) -> dg.MaterializeResult:
     context.log.info(f"QI report (open offline in a browser): {result.main}")
     metadata = _report_metadata(result)
     metadata["period"] = dg.MetadataValue.text(result.period)
@@ -2303,36 +2373,4 @@ def qi_report(
     metadata["static_files"] = dg.MetadataValue.int(len(result.static))
     if result.csv:
         metadata["kpis_csv"] = dg.MetadataValue.path(str(result.csv[0]))
-    return dg.MaterializeResult(metadata=metadata)
-
-
-@dg.asset(
-    pool=WAREHOUSE_POOL,
-    key=["reports", "clinician_caseload"],
-    group_name=GROUP,
-    deps=asset_keys(
-        "staging/episodes",
-        "staging/sessions",
-        "marts/episode_attendance",
-        "marts/scores",
-        "marts/episode_outcomes",
-        "marts/alerts",
-        "marts/expected_trajectory",
-    ),
-    kinds={"plotly", "html"},
-    description=(
-        "One HTML page per clinician (reports/therapist_caseload/): each open episode with its "
-        "latest scores, open alerts and a small trajectory (cutoff, reliable-change band, "
-        "expected range, SRS, attended and missed sessions). Pseudonymous ids only."
-    ),
-)
-def clinician_caseload(
-    context: dg.AssetExecutionContext, outcomes: OutcomesResource
-) -> dg.MaterializeResult:
-    settings = outcomes.settings
-    with outcomes.connect(read_only=True) as con:
-        result = build_caseload_reports(con, settings, context.log)
-    context.log.info(f"Clinician caseload pages: {len(result.pages)} in {result.main.parent}")
-    metadata = _report_metadata(result)
-    metadata["path"] = dg.MetadataValue.path(str(Path(settings.reports_dir) / CASELOAD_DIR))
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(asset_key=QI_KEY, metadata=metadata)

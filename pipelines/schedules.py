@@ -36,7 +36,7 @@ JOB_NAME = "refresh_all"
 TRIGGER_TAG = "outcomes/trigger"
 REPORT_MONTH_TAG = "outcomes/report_month"
 AS_OF_MODES = ("month_end", "data")
-QI_REPORT_OP = "reports__qi_report"  # the step of asset reports/qi_report (config: period)
+QI_REPORT_OP = "reports"  # the step of assets reports/qi_report and reports/clinician_caseload
 
 
 def int_env(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

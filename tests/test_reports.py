@@ -625,9 +625,7 @@ def test_report_assets_materialize_with_path_and_size(tmp_path):
     path = tmp_path / "warehouse.duckdb"
     synthetic_warehouse(path, clients={"C1": 40, "C2": 20}).close()
     resource = OutcomesResource(warehouse=str(path), reports_dir=str(tmp_path / "out"))
-    result = dg.materialize(
-        [reports.qi_report, reports.clinician_caseload], resources={"outcomes": resource}
-    )
+    result = dg.materialize([reports.report_assets], resources={"outcomes": resource})
     assert result.success
     by_key = {
         m.asset_key.to_user_string(): m.metadata
@@ -702,3 +700,51 @@ def test_a_failed_report_waits_for_the_static_export_and_leaves_no_files(monkeyp
     assert len(log.lines) == 1  # the export finished and said so before the error went on
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qi_report"]
     assert sorted(p.name for p in target.iterdir()) == ["service.html"]
+
+
+def _report_site(tmp_path):
+    from pipelines.resources import OutcomesResource
+
+    path = tmp_path / "warehouse.duckdb"
+    synthetic_warehouse(path, clients={"C1": 40, "C2": 20}).close()
+    return OutcomesResource(warehouse=str(path), reports_dir=str(tmp_path / "out"))
+
+
+def _materialized(result) -> list[str]:
+    return sorted(
+        e.materialization.asset_key.to_user_string()
+        for e in result.get_asset_materialization_events()
+    )
+
+
+@pytest.mark.parametrize("key", [reports.QI_KEY, reports.CASELOAD_KEY])
+def test_each_report_materializes_on_its_own(monkeypatch, tmp_path, key):
+    import dagster as dg
+
+    monkeypatch.setenv("OUTCOMES_STATIC_EXPORT", "off")
+    result = dg.materialize(
+        [reports.report_assets], selection=[key], resources={"outcomes": _report_site(tmp_path)}
+    )
+    assert result.success and _materialized(result) == [key.to_user_string()]
+    folders = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
+    assert folders == [reports.QI_DIR if key == reports.QI_KEY else reports.CASELOAD_DIR]
+
+
+def test_a_failing_caseload_still_publishes_the_qi_report(monkeypatch, tmp_path):
+    import dagster as dg
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setenv("OUTCOMES_STATIC_EXPORT", "off")
+    monkeypatch.setattr(reports, "build_caseload_reports", boom)
+    result = dg.materialize(
+        [reports.report_assets],
+        resources={"outcomes": _report_site(tmp_path)},
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert _materialized(result) == ["reports/qi_report"]
+    assert (tmp_path / "out" / "qi_report" / "service.html").exists()
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "No space left on device" in str(failure.event_specific_data.error)

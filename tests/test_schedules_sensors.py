@@ -48,7 +48,7 @@ def test_monthly_schedule_reports_the_month_just_closed() -> None:
     assert request.tags["outcomes/report_month"] == "2026-06"
     assert request.tags["outcomes/trigger"] == "monthly_qi_report"
     assert request.run_config == {
-        "ops": {"reports__qi_report": {"config": {"period": "2026-06"}}},
+        "ops": {"reports": {"config": {"period": "2026-06"}}},
         "resources": {"outcomes": {"config": {"as_of": "2026-06-30"}}},
     }
 
@@ -70,7 +70,7 @@ def test_monthly_schedule_data_cut_from_the_data() -> None:
     monthly = _schedules({"OUTCOMES_MONTHLY_AS_OF": "data"})["monthly_qi_report"]
     request = _evaluate(monthly, dt.datetime(2026, 3, 2, 6, tzinfo=dt.UTC))
     assert request.run_key == "monthly-2026-02"
-    assert request.run_config == {"ops": {"reports__qi_report": {"config": {"period": "2026-02"}}}}
+    assert request.run_config == {"ops": {"reports": {"config": {"period": "2026-02"}}}}
 
 
 def test_schedules_run_in_the_clinic_time_zone(tmp_path: Path) -> None:
