@@ -11,7 +11,6 @@ import dagster as dg
 
 from assets.ingest_engine import Ingest, IngestError, IngestResult, TableReport
 from assets.sql_runner import preview_markdown
-from assets.warmup import warm_imports
 from pipelines.resources import WAREHOUSE_POOL, OutcomesResource
 from schemas.privacy import PrivacyError
 from schemas.rules import catalogue
@@ -91,7 +90,6 @@ def _table_metadata(report: TableReport, result: IngestResult) -> dict[str, obje
 def ingest_exports(context: dg.AssetExecutionContext, outcomes: OutcomesResource):
     """Read, validate and stage every export table; quarantine what breaks a rule."""
     settings = outcomes.settings
-    warm_imports()  # the marts' libraries, while the ingest waits on DuckDB
     try:
         with outcomes.connect() as con:
             result = Ingest(settings, con, run_id=context.run_id, logger=context.log).run()

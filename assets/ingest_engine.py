@@ -41,6 +41,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from assets.sql_runner import load_sql, run_script
+from assets.warmup import warm_imports
 from schemas import privacy, rules
 from schemas.exports import ColumnInfo, columns_of, export_schemas, rule_of_failure
 from schemas.parsing import TEXT, from_typed_source, parse, parse_once, remember
@@ -400,9 +401,48 @@ def keeps_raw(c: ColumnInfo) -> bool:
     return c.kind not in ("string", "enum") or c.default is not None or c.name == "instrument"
 
 
+def rendered_from_typed(c: ColumnInfo) -> bool:
+    """Whether a Parquet number of this column may be staged without its text.
+
+    An integer or float64 column read from Parquet is rendered as text by Arrow
+    (``_numbers_as_text``), and that text parses back to the very number it was
+    rendered from (``parsing.from_typed_source``). Where the staged number is
+    present, its text is therefore Arrow's rendering of it, and ``raw_<column>``
+    is left NULL: 25M item rows at 200k episodes need not carry two text
+    columns of digits that nobody reads (only quarantined rows are shown raw).
+    A default would hide an empty value behind a number, so such columns always
+    keep their text.
+    """
+    return c.kind in ("int", "float") and c.default is None
+
+
+def typed_source_renders(source: pa_arrow.DataType) -> bool:
+    """Whether Arrow's text of this Parquet type parses back to the value staged."""
+    return (
+        pa_arrow.types.is_signed_integer(source)
+        or (pa_arrow.types.is_unsigned_integer(source) and source.bit_width < 64)
+        or pa_arrow.types.is_float64(source)
+    )
+
+
+# SQL function, registered on the ingest's connection while it runs: Arrow's text of a
+# float (DuckDB writes 3.0 as '3.0', Arrow as '3'). Integers read the same in both.
+ARROW_TEXT = "_arrow_float_text"
+
+
 def raw_sql(c: ColumnInfo) -> str:
     """SQL for a column's export text in a scratch table."""
-    return f'"raw_{c.name}"' if keeps_raw(c) else f'"{c.name}"'
+    if not keeps_raw(c):
+        return f'"{c.name}"'
+    if rendered_from_typed(c):
+        text = f'CAST("{c.name}" AS VARCHAR)' if c.kind == "int" else f'{ARROW_TEXT}("{c.name}")'
+        return f'coalesce("raw_{c.name}", {text})'
+    return f'"raw_{c.name}"'
+
+
+def _arrow_float_text(values: pa_arrow.Array) -> pa_arrow.Array:
+    """Floats as Arrow renders them, as ``_numbers_as_text`` did when reading them."""
+    return pc.cast(values, pa_arrow.string())
 
 
 def _as_text(_t: pa_arrow.DataType) -> pd.api.extensions.ExtensionDtype:
@@ -636,6 +676,15 @@ class Ingest:
         for c in cols:
             raw = text.column(c.name) if c.name in present else pa_arrow.nulls(n, pa_arrow.string())
             if keeps_raw(c):
+                source = chunk.typed.get(c.name)
+                if (
+                    source is not None
+                    and rendered_from_typed(c)
+                    and typed_source_renders(source.type)
+                ):
+                    # The text is Arrow's rendering of the staged number (raw_sql).
+                    staged = _arrow_of(typed[c.name])
+                    raw = pc.if_else(pc.is_valid(staged), pa_arrow.scalar(None, raw.type), raw)
                 out[f"raw_{c.name}"] = raw
             if c.kind in ("string", "enum") and c.default is None and c.name != "instrument":
                 out[c.name] = raw
@@ -884,6 +933,11 @@ class Ingest:
         # dropped at the end, and rewriting them mid-run cost minutes at 1M episodes.
         con.execute("SET checkpoint_threshold = '1TB'")
         con.execute(f"ATTACH '{scratch or ':memory:'}' AS {SCRATCH}")
+        with contextlib.suppress(duckdb.Error):  # left by an ingest whose cleanup failed
+            con.remove_function(ARROW_TEXT)
+        con.create_function(
+            ARROW_TEXT, _arrow_float_text, ["DOUBLE"], "VARCHAR", type="arrow", side_effects=False
+        )
         con.execute(f"USE {SCRATCH}")
 
         def release() -> None:
@@ -897,6 +951,7 @@ class Ingest:
             ).fetchall():
                 con.execute(f'DROP {kind} IF EXISTS {SCRATCH}."{name}"')
             con.execute(f"DETACH {SCRATCH}")
+            con.remove_function(ARROW_TEXT)
             con.execute(f"SET memory_limit = '{limit}'")
             con.execute(f"SET checkpoint_threshold = '{threshold}'")
 
@@ -923,6 +978,9 @@ class Ingest:
         with self._scratch():
             for table in STAGING_TABLES:
                 self._load_table(table)
+            # From here on the ingest is SQL inside DuckDB, which releases the GIL:
+            # the later steps' slow imports run beside it (assets/warmup.py).
+            warm_imports()
             window_as_of = self._window_as_of()
             self._cross_table(window_as_of)
             as_of, source = self._data_as_of()

@@ -17,6 +17,7 @@ pandas).
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -315,3 +316,31 @@ def test_parse_is_the_same_with_and_without_the_per_chunk_memo():
         changed = text.copy()
         changed.iloc[0] = "46"  # same name, other text: not taken from the memo
         assert parse("int", changed).iloc[0] == 46
+
+
+def test_quarantined_parquet_numbers_show_the_text_they_were_read_as(tmp_path):
+    # Staged Parquet numbers keep no text of their own (raw_sql renders it again):
+    # a quarantined row must still show exactly what the ingest read.
+    out = tmp_path / "exports"
+    generate(out, 4, seed=3, items_format="parquet", bad_rows=0, progress=False)
+    items = pq.read_table(out / "assessment_items.parquet")
+    extra = pa.table(
+        {
+            "assessment_id": ["A-NOPE"] * 4,
+            "item": pa.array([1, -7, 2**62, 3], pa.int64()),
+            "score": pa.array([2.5, -0.0, 1e300, float("nan")], pa.float64()),
+        }
+    )
+    pq.write_table(pa.concat_tables([items, extra]), out / "assessment_items.parquet")
+    con, _ = _ingest(out, chunk_rows=1_000_000)
+    records = con.execute(
+        "SELECT record FROM quarantine.rejected_rows WHERE table_name = 'assessment_items' "
+        "ORDER BY source_row"
+    ).fetchall()
+    shown = [json.loads(record) for (record,) in records]
+    assert [(r["item"], r["score"]) for r in shown] == [
+        ("1", "2.5"),
+        ("-7", "-0"),
+        ("4611686018427387904", "1e+300"),
+        ("3", "nan"),  # not a number here: bad_type, its text kept as read
+    ]
