@@ -21,8 +21,6 @@ import datetime as dt
 import json
 import logging
 import mmap
-import queue
-import threading
 import time
 import uuid
 from collections import Counter
@@ -40,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from assets.background import in_background
 from assets.sql_runner import load_sql, run_script
 from assets.warmup import warm_imports
 from schemas import privacy, rules
@@ -456,49 +455,6 @@ def _arrow_of(values: pd.Series) -> pa_arrow.Array | pa_arrow.ChunkedArray:
     return pa_arrow.Array.from_pandas(values)
 
 
-def _in_background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run a generator in a second thread, ``depth`` items ahead of the consumer.
-
-    Reading and validating the next chunk (pyarrow, pandas, Pandera) then
-    overlaps with DuckDB writing the previous one, so both cores work.
-    Exceptions of the generator are raised in the consumer.
-    """
-    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(kind: str, value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put((kind, value), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not put("item", item):
-                    return
-            put("done", None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            put("error", exc)
-
-    worker = threading.Thread(target=work, name="ingest-reader", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = q.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        worker.join()
-
-
 # --------------------------------------------------------------------------- engine
 
 
@@ -555,7 +511,8 @@ class Ingest:
             self.log.info("%s: optional export not present", table)
             return
         ignored: set[str] = set()
-        for kind, sf, chunk in _in_background(self._prepared_chunks(table, files, ignored)):
+        chunks = self._prepared_chunks(table, files, ignored)
+        for kind, sf, chunk in in_background(chunks, name="ingest-reader"):
             if kind == "restart":
                 self.con.execute(f"DELETE FROM _in_{table} WHERE _file_order = ?", [sf.order])
                 continue
