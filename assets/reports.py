@@ -13,7 +13,6 @@ docs/reports.md.
 """
 
 import calendar
-import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
@@ -24,6 +23,9 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1534,52 +1536,65 @@ def build_qi_report(
     """Write the service page, one page per clinic and the published KPI CSV.
 
     The PNG/PDF export of the service page's figures (Chromium, several seconds,
-    mostly waiting) starts as soon as those figures exist and runs beside the
-    clinic pages and then ``meanwhile`` (the caseload pages, in a full run).
+    mostly waiting) starts its browser first, renders as soon as those figures
+    exist, in a process of its own beside the clinic pages and ``meanwhile``
+    (the caseload pages, in a full run).
     """
     logger = logger or log
+    target = Path(settings.reports_dir) / QI_DIR
+    with StaticFiles(target, logger) as static:
+        return _build_qi_report(con, settings, period_month, meanwhile, target, static)
+
+
+def _build_qi_report(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    period_month: str | dt.date | None,
+    meanwhile: Callable[[], None] | None,
+    target: Path,
+    static: "StaticFiles",
+) -> ReportResult:
     run = run_info(con)
     period = reporting_period(run["as_of"], period_month)
     sections = qi_sections(con, settings, period)
     clinics = _clinics(con)
-    target = Path(settings.reports_dir) / QI_DIR
     service_page = qi_page(con, settings, sections, period, run, SERVICE_KEY, clinics)
-    with StaticExport(service_page.figures, target, logger) as static:
+    static.render(service_page.figures)
 
-        def pages() -> Iterator[tuple[str, PageText]]:
-            for clinic in [SERVICE_KEY, *clinics]:
-                page = (
-                    service_page
-                    if clinic == SERVICE_KEY
-                    else qi_page(con, settings, sections, period, run, clinic, clinics)
-                )
-                name = "service.html" if clinic == SERVICE_KEY else f"clinic_{_slug(clinic)}.html"
-                yield (
-                    name,
-                    render_page(
-                        title=page.title,
-                        subtitle=f"Reporting period {_esc(period.label())}; "
-                        f"trends {_esc(period.window_label())}; data cut date {_esc(run['as_of'])}",
-                        nav=page.nav,
-                        body=page.body(),
-                        footer=_footer(run),
-                        run_id=str(run["run_id"]),
-                    ),
-                )
+    def pages() -> Iterator[tuple[str, PageText]]:
+        for clinic in [SERVICE_KEY, *clinics]:
+            page = (
+                service_page
+                if clinic == SERVICE_KEY
+                else qi_page(con, settings, sections, period, run, clinic, clinics)
+            )
+            name = "service.html" if clinic == SERVICE_KEY else f"clinic_{_slug(clinic)}.html"
+            yield (
+                name,
+                render_page(
+                    title=page.title,
+                    subtitle=f"Reporting period {_esc(period.label())}; "
+                    f"trends {_esc(period.window_label())}; data cut date {_esc(run['as_of'])}",
+                    nav=page.nav,
+                    body=page.body(),
+                    footer=_footer(run),
+                    run_id=str(run["run_id"]),
+                ),
+            )
 
-        def extra(folder: Path) -> list[Path]:
-            written = []
-            kpis = sections["kpis"].frame
-            if kpis is not None:
-                written.append(
-                    write_csv(kpis.drop(columns=["quantity"]), folder / "kpis_published.csv")
-                )
-            return written
+    def extra(folder: Path) -> list[Path]:
+        written = []
+        kpis = sections["kpis"].frame
+        if kpis is not None:
+            written.append(
+                write_csv(kpis.drop(columns=["quantity"]), folder / "kpis_published.csv")
+            )
+        return written
 
-        written, csvs = write_folder(target, pages(), extra)
-        if meanwhile is not None:
-            meanwhile()
-        static_files = static.place(target / "static")
+    written, csvs = write_folder(target, pages(), extra)
+    if meanwhile is not None:
+        meanwhile()
+    static_files = static.place(target / "static")
     write_index(Path(settings.reports_dir), run)
     return ReportResult(
         main=target / "service.html",
@@ -1706,97 +1721,175 @@ def find_chrome() -> str | None:
     return None
 
 
-def export_static(figs: Mapping[str, go.Figure], folder: Path, logger: Any = None) -> list[Path]:
-    """PNG and PDF of each figure when kaleido and a Chrome are present; else a log line."""
+def static_export_available(logger: Any = None) -> bool:
+    """Whether PNG/PDF files can be made here; if not, a log line says why and how."""
     logger = logger or log
-    if not figs:
-        return []
     if os.environ.get("OUTCOMES_STATIC_EXPORT", "auto").lower() in ("off", "0", "false", "no"):
         logger.info("Static export skipped: OUTCOMES_STATIC_EXPORT is off.")
-        return []
+        return False
     try:
         import kaleido  # noqa: F401  (optional dependency, imported lazily)
     except ImportError:
         logger.info("Static export skipped: kaleido is not installed. " + ENABLE_PDF_HINT)
-        return []
-    chrome = find_chrome()
-    if chrome is None:
+        return False
+    if find_chrome() is None:
         logger.info("Static export skipped: no Chrome/Chromium found. " + ENABLE_PDF_HINT)
-        return []
-    os.environ.setdefault("BROWSER_PATH", chrome)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    items = []
-    for n, (name, fig) in enumerate(figs.items(), start=1):
-        stem = f"{n:02d}_{_slug(name)}"
-        for ext in ("png", "pdf"):
-            items.append((fig, folder / f"{stem}.{ext}"))
-    try:
-        pio.write_images([f for f, _ in items], [p for _, p in items])
-        paths = [p for _, p in items]
-    except Exception as exc:  # a broken browser must not fail the HTML report
-        logger.warning(f"Static export failed ({type(exc).__name__}: {exc}). {ENABLE_PDF_HINT}")
-        return []
-    logger.info(f"Static export: {len(paths)} files in {folder}")
-    return paths
+        return False
+    return True
 
 
-class _LogBuffer:
-    """Log lines of a worker thread, replayed by the step's own thread (Dagster's
-    logger writes run events, which belong to the step)."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def info(self, text: str) -> None:
-        self.lines.append(("info", text))
-
-    def warning(self, text: str) -> None:
-        self.lines.append(("warning", text))
+# The worker (assets/static_export.py) as a command; tests swap in a stand-in.
+STATIC_EXPORT_COMMAND = [sys.executable, "-m", "assets.static_export"]
+STATIC_EXPORT_TIMEOUT = 600  # seconds for the whole export (kaleido: 90 s an image)
 
 
 class StaticExport:
-    """``export_static`` in a background thread, into a folder beside ``target``.
+    """PNG and PDF of the QI figures, made by a worker process beside the report.
 
-    Chromium renders in its own processes, so the export overlaps the Python
-    that builds and writes the other pages. ``place`` waits for it and moves
-    the files under the published folder; leaving the ``with`` block any other
-    way waits too (kaleido cannot be cancelled) and deletes the files.
+    ``start`` launches the worker (and with it Chromium) before the report's
+    tables are queried; ``render`` hands it the figures once they exist;
+    ``wait`` collects the files. The files go to ``folder``; nothing here ever
+    fails the report: a missing browser or a broken export is a log line.
     """
 
-    def __init__(self, figs: Mapping[str, go.Figure], target: Path, logger: Any) -> None:
-        self.logger = logger
-        self.folder = target.parent / f".{target.name}.static-{os.getpid()}"
-        self.figs = figs
-        self._log = _LogBuffer()
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._future: concurrent.futures.Future[list[Path]] | None = None
-        self._waited = False
+    def __init__(self, folder: Path, logger: Any = None) -> None:
+        self.folder = Path(folder)
+        self.logger = logger or log
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._out: Any = None
+        self._paths: list[Path] = []
 
-    def __enter__(self) -> "StaticExport":
+    def start(self) -> "StaticExport":
+        if not static_export_available(self.logger):
+            return self
+        root = str(Path(__file__).resolve().parents[1])
+        env = {
+            **os.environ,
+            "BROWSER_PATH": os.environ.get("BROWSER_PATH") or find_chrome() or "",
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+        }
+        kopts: dict[str, Any] = {}
+        if pio.defaults.plotlyjs:
+            kopts["plotlyjs"] = str(pio.defaults.plotlyjs)
+        if pio.defaults.mathjax is not None:
+            mathjax = pio.defaults.mathjax
+            kopts["mathjax"] = mathjax if isinstance(mathjax, bool) else str(mathjax)
+        # Output to a file, not a pipe: a chatty browser can never block the worker.
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 (closed by wait())
+        try:
+            self._proc = subprocess.Popen(
+                [*STATIC_EXPORT_COMMAND, json.dumps(kopts)],
+                stdin=subprocess.PIPE,
+                stdout=self._out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=root,
+            )
+        except OSError as exc:
+            self.logger.warning(f"Static export failed to start ({exc}). {ENABLE_PDF_HINT}")
+            self._out.close()
+            self._proc = None
+        return self
+
+    def render(self, figs: Mapping[str, go.Figure | dict[str, Any]]) -> None:
+        """Hand the figures to the worker: ``NN_<name>.png`` and ``.pdf`` in ``folder``."""
+        if self._proc is None or self._proc.stdin is None or self._proc.stdin.closed:
+            return
+        items = []
+        if figs:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        for n, (name, fig) in enumerate(figs.items(), start=1):
+            spec = fig.to_dict() if hasattr(fig, "to_dict") else fig
+            for ext in ("png", "pdf"):
+                path = self.folder / f"{n:02d}_{_slug(name)}.{ext}"
+                opts = {
+                    "format": ext,
+                    "width": pio.defaults.default_width,
+                    "height": pio.defaults.default_height,
+                    "scale": pio.defaults.default_scale,
+                }
+                items.append((spec, str(path), opts))
+                self._paths.append(path)
+        payload = ",".join(
+            f'{{"fig": {pio.to_json(spec, validate=False)}, "path": {json.dumps(path)}, '
+            f'"opts": {json.dumps(opts)}}}'
+            for spec, path, opts in items
+        )
+        try:
+            with self._proc.stdin:
+                if items:
+                    self._proc.stdin.write(f'{{"items": [{payload}]}}'.encode())
+        except OSError:  # the worker died early: wait() reports what it said
+            pass
+
+    def wait(self) -> list[Path]:
+        """The files written (all of them, or none and a warning)."""
+        proc = self._proc
+        if proc is None:
+            return []
+        self._proc = None
+        if proc.stdin is not None and not proc.stdin.closed:
+            proc.stdin.close()  # no figures: the worker ends
+        try:
+            code = proc.wait(timeout=STATIC_EXPORT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = "timeout"
+        self._out.seek(0)
+        said = self._out.read().decode("utf-8", "replace")
+        self._out.close()
+        missing = [p for p in self._paths if not p.exists()]
+        if code != 0 or missing:
+            last = said.strip().splitlines()[-1:] or [f"exit code {code}"]
+            self.logger.warning(
+                f"Static export failed ({last[0][:300]}; {len(missing)} of "
+                f"{len(self._paths)} files missing). {ENABLE_PDF_HINT}"
+            )
+            return []
+        if self._paths:
+            self.logger.info(f"Static export: {len(self._paths)} files in {self.folder}")
+        return list(self._paths)
+
+
+def export_static(
+    figs: Mapping[str, go.Figure | dict[str, Any]], folder: Path, logger: Any = None
+) -> list[Path]:
+    """PNG and PDF of each figure when kaleido and a Chrome are present; else a log line."""
+    if not figs:
+        return []
+    export = StaticExport(folder, logger).start()
+    export.render(figs)
+    return export.wait()
+
+
+class StaticFiles:
+    """``StaticExport`` into a folder beside ``target``, moved under it at the end.
+
+    The worker starts on entering (Chromium launches while the report's tables
+    are queried), renders in its own process beside the pages (``render``), and
+    ``place`` waits for it and moves the files into the published folder.
+    Leaving the block any other way stops it and deletes its files.
+    """
+
+    def __init__(self, target: Path, logger: Any) -> None:
+        self.folder = target.parent / f".{target.name}.static-{os.getpid()}"
+        self.export = StaticExport(self.folder, logger)
+
+    def __enter__(self) -> "StaticFiles":
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         # Leftovers of a run killed mid-export (any pid, this one included).
         for stale in self.folder.parent.glob(f"{self.folder.name.rsplit('-', 1)[0]}-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="static-export")
-        self._future = self._pool.submit(export_static, self.figs, self.folder, self._log)
+        self.export.start()
         return self
 
-    def _wait(self) -> list[Path]:
-        assert self._future is not None and self._pool is not None
-        self._waited = True
-        try:
-            return self._future.result()
-        finally:
-            self._pool.shutdown()
-            for level, text in self._log.lines:
-                getattr(self.logger, level)(text)
-            self._log.lines.clear()
+    def render(self, figs: Mapping[str, go.Figure | dict[str, Any]]) -> None:
+        self.export.render(figs)
 
     def place(self, destination: Path) -> list[Path]:
         """Wait for the export and move its files to ``destination``; their new paths."""
-        files = self._wait()
+        files = self.export.wait()
         if not files:
             return []
         shutil.rmtree(destination, ignore_errors=True)
@@ -1806,8 +1899,7 @@ class StaticExport:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            if self._future is not None and not self._waited:
-                self._wait()
+            self.export.wait()
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
 

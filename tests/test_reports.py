@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import sys
 from pathlib import Path
 
 import duckdb
@@ -648,58 +649,85 @@ def test_report_assets_materialize_with_path_and_size(tmp_path):
     assert caseload["pages"].value >= 1 and caseload["total_bytes"].value > 0
 
 
-def _fake_export(figs, folder, logger):
-    """export_static's contract without Chromium: a file per figure and a log line."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in figs:
-        path = folder / f"{name}.png"
-        path.write_bytes(b"png")
-        paths.append(path)
-    logger.info(f"Static export: {len(paths)} files in {folder}")
-    return paths
+FAKE_WORKER = """
+import json, os, sys, threading
+options = json.loads(sys.argv[1])
+raw = sys.stdin.buffer.read()
+if raw.strip():
+    items = json.loads(raw)["items"]
+    for item in items:
+        with open(item["path"], "wb") as fh:
+            title = item["fig"]["layout"]["title"]["text"]
+            fh.write(json.dumps({"opts": item["opts"], "title": title}).encode())
+    print(json.dumps({"written": [i["path"] for i in items]}))
+"""
 
 
-def test_static_export_runs_beside_the_pages_and_lands_in_the_published_folder(
-    monkeypatch, tmp_path
+@pytest.fixture
+def fake_worker(monkeypatch, tmp_path):
+    """The static-export worker's protocol without Chromium (assets/static_export.py)."""
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    monkeypatch.setattr(reports, "STATIC_EXPORT_COMMAND", [sys.executable, str(script)])
+    monkeypatch.setattr(reports, "find_chrome", lambda: "/usr/bin/chromium-stand-in")
+    monkeypatch.delenv("OUTCOMES_STATIC_EXPORT", raising=False)
+
+
+def test_static_export_runs_in_its_own_process_and_lands_in_the_published_folder(
+    fake_worker, tmp_path
 ):
-    import threading
-
-    threads = []
-
-    def export(figs, folder, logger):
-        threads.append(threading.current_thread().name)
-        return _fake_export(figs, folder, logger)
-
-    monkeypatch.setattr(reports, "export_static", export)
-    target = tmp_path / "qi_report"
-    (tmp_path / ".qi_report.static-99999").mkdir()  # left by a run killed mid-export
+    target = tmp_path / "out" / "qi_report"
+    target.parent.mkdir()
+    (target.parent / ".qi_report.static-99999").mkdir()  # left by a run killed mid-export
     log = Log()
-    with reports.StaticExport({"a": None, "b": None}, target, log) as static:
+    figs = {
+        "Trend one": reports.figures.empty_figure("x", title="one"),
+        "Two": reports.figures.empty_figure("x", title="two"),
+    }
+    with reports.StaticFiles(target, log) as static:
+        static.render(figs)
         reports.write_folder(target, {"service.html": "page"})
         placed = static.place(target / "static")
-    assert threads and threads[0].startswith("static-export")  # not the caller's thread
-    assert placed == [target / "static" / "a.png", target / "static" / "b.png"]
-    assert all(p.read_bytes() == b"png" for p in placed)
+    names = ["01_Trend_one.png", "01_Trend_one.pdf", "02_Two.png", "02_Two.pdf"]
+    assert placed == [target / "static" / n for n in names]
+    written = [json.loads(p.read_text()) for p in placed]
+    assert [w["title"] for w in written] == ["one", "one", "two", "two"]
+    assert [w["opts"]["format"] for w in written] == ["png", "pdf", "png", "pdf"]
+    assert written[0]["opts"]["width"] == pio.defaults.default_width
     assert log.lines == [
-        f"Static export: 2 files in {tmp_path / f'.qi_report.static-{os.getpid()}'}"
+        f"Static export: 4 files in {target.parent / f'.qi_report.static-{os.getpid()}'}"
     ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["qi_report"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["qi_report"]
 
 
-def test_a_failed_report_waits_for_the_static_export_and_leaves_no_files(monkeypatch, tmp_path):
-    monkeypatch.setattr(reports, "export_static", _fake_export)
+def test_a_failed_report_stops_the_static_export_and_leaves_no_files(fake_worker, tmp_path):
     target = tmp_path / "qi_report"
     reports.write_folder(target, {"service.html": "old"})
     log = Log()
     with (
         pytest.raises(RuntimeError, match="disk full"),
-        reports.StaticExport({"a": None}, target, log),
+        reports.StaticFiles(target, log),  # started, never given figures
     ):
         raise RuntimeError("disk full")
-    assert len(log.lines) == 1  # the export finished and said so before the error went on
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["qi_report"]
+    assert log.lines == []  # nothing rendered, nothing to say
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "fake_worker.py") == ["qi_report"]
     assert sorted(p.name for p in target.iterdir()) == ["service.html"]
+
+
+def test_a_broken_static_export_is_a_warning_not_a_failed_report(
+    monkeypatch, fake_worker, tmp_path
+):
+    monkeypatch.setattr(
+        reports,
+        "STATIC_EXPORT_COMMAND",
+        [sys.executable, "-c", "import sys; print('no display'); sys.exit(3)"],
+    )
+    log = Log()
+    assert (
+        reports.export_static({"f": reports.figures.empty_figure("x")}, tmp_path / "s", log) == []
+    )
+    assert log.lines and log.lines[-1].startswith("Static export failed (no display;")
+    assert "apt-get install chromium" in log.lines[-1]
 
 
 def _report_site(tmp_path):
