@@ -776,3 +776,41 @@ def test_a_failing_caseload_still_publishes_the_qi_report(monkeypatch, tmp_path)
     assert (tmp_path / "out" / "qi_report" / "service.html").exists()
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "No space left on device" in str(failure.event_specific_data.error)
+
+
+@pytest.mark.skipif(not reports.find_chrome(), reason="needs Chromium (.ci/run installs it)")
+def test_kaleido_without_page_reloads_writes_the_same_files(warehouse, tmp_path, monkeypatch):
+    """assets/static_export.py keeps kaleido's page between figures (3x faster): every
+    PNG and PDF of the service page must be what kaleido's own reloads give."""
+    import asyncio
+    import re
+
+    from assets import static_export
+
+    monkeypatch.setenv("BROWSER_PATH", reports.find_chrome())
+    run = reports.run_info(warehouse)
+    period = reports.reporting_period(run["as_of"], None)
+    sections = reports.qi_sections(warehouse, Settings(), period)
+    page = reports.qi_page(
+        warehouse, Settings(), sections, period, run, reports.SERVICE_KEY, ["C1", "C2"]
+    )
+    figs = [f.to_dict() if hasattr(f, "to_dict") else f for f in page.figures.values()]
+    assert len(figs) >= 10
+
+    def files(folder: Path, reload: bool) -> dict[str, bytes]:
+        folder.mkdir()
+        items = [
+            f'{{"fig": {pio.to_json(fig, validate=False)}, "path": "{folder}/{n:02d}.{ext}", '
+            f'"opts": {{"format": "{ext}", "width": 700, "height": 500, "scale": 1}}}}'
+            for n, fig in enumerate(figs)
+            for ext in ("png", "pdf")
+        ]
+        payload = f'{{"items": [{",".join(items)}]}}'.encode()
+        asyncio.run(static_export.render(lambda: payload, {}, reload_between_figures=reload))
+        dates = re.compile(rb"/(CreationDate|ModDate) \(D:[^)]*\)")
+        return {p.name: dates.sub(b"", p.read_bytes()) for p in sorted(folder.iterdir())}
+
+    kept, reloaded = files(tmp_path / "kept", False), files(tmp_path / "reloaded", True)
+    assert len(kept) == 2 * len(figs)
+    assert [n for n in kept if kept[n] != reloaded[n]] == []
+    assert static_export.kaleido_class() is not static_export.kaleido_class(True)  # in use
