@@ -1758,6 +1758,7 @@ class StaticExport:
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: Any = None
         self._paths: list[Path] = []
+        self.announce = True  # log where the files are once written
 
     def start(self) -> "StaticExport":
         if not static_export_available(self.logger):
@@ -1847,7 +1848,7 @@ class StaticExport:
                 f"{len(self._paths)} files missing). {ENABLE_PDF_HINT}"
             )
             return []
-        if self._paths:
+        if self._paths and self.announce:
             self.logger.info(f"Static export: {len(self._paths)} files in {self.folder}")
         return list(self._paths)
 
@@ -1874,7 +1875,9 @@ class StaticFiles:
 
     def __init__(self, target: Path, logger: Any) -> None:
         self.folder = target.parent / f".{target.name}.static-{os.getpid()}"
-        self.export = StaticExport(self.folder, logger)
+        self.logger = logger or log
+        self.export = StaticExport(self.folder, self.logger)
+        self.export.announce = False  # said by place(), where the files end up
 
     def __enter__(self) -> "StaticFiles":
         self.folder.parent.mkdir(parents=True, exist_ok=True)
@@ -1895,6 +1898,7 @@ class StaticFiles:
         shutil.rmtree(destination, ignore_errors=True)
         destination.parent.mkdir(parents=True, exist_ok=True)
         self.folder.rename(destination)
+        self.logger.info(f"Static export: {len(files)} files in {destination}")
         return [destination / f.name for f in files]
 
     def __exit__(self, *exc: object) -> None:
