@@ -43,7 +43,7 @@ from assets.sql_runner import load_sql, run_script
 from assets.warmup import warm_imports
 from schemas import privacy, rules
 from schemas.exports import ColumnInfo, columns_of, export_schemas, rule_of_failure
-from schemas.parsing import TEXT, from_typed_source, parse, parse_once, remember
+from schemas.parsing import TEXT, fits_int64, from_typed_source, parse, parse_once, remember
 from schemas.registry import Registry, fold_code
 from schemas.settings import Settings
 from schemas.staging import STAGING_TABLES, create_tables
@@ -415,13 +415,15 @@ def rendered_from_typed(c: ColumnInfo) -> bool:
     return c.kind in ("int", "float") and c.default is None
 
 
-def typed_source_renders(source: pa_arrow.DataType) -> bool:
-    """Whether Arrow's text of this Parquet type parses back to the value staged."""
-    return (
-        pa_arrow.types.is_signed_integer(source)
-        or (pa_arrow.types.is_unsigned_integer(source) and source.bit_width < 64)
-        or pa_arrow.types.is_float64(source)
-    )
+def typed_source_renders(kind: str, source: pa_arrow.DataType) -> bool:
+    """Whether Arrow's text of this Parquet type parses back to the value staged.
+
+    Only for the column's own kind: a large integer in a float column parses to a
+    rounded float, whose text is not the integer's.
+    """
+    if kind == "int":
+        return fits_int64(source)
+    return kind == "float" and pa_arrow.types.is_float64(source)
 
 
 # SQL function, registered on the ingest's connection while it runs: Arrow's text of a
@@ -637,7 +639,7 @@ class Ingest:
                 if (
                     source is not None
                     and rendered_from_typed(c)
-                    and typed_source_renders(source.type)
+                    and typed_source_renders(c.kind, source.type)
                 ):
                     # The text is Arrow's rendering of the staged number (raw_sql).
                     staged = _arrow_of(typed[c.name])

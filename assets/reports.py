@@ -1758,7 +1758,6 @@ class StaticExport:
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: Any = None
         self._paths: list[Path] = []
-        self.announce = True  # log where the files are once written
 
     def start(self) -> "StaticExport":
         if not static_export_available(self.logger):
@@ -1848,8 +1847,6 @@ class StaticExport:
                 f"{len(self._paths)} files missing). {ENABLE_PDF_HINT}"
             )
             return []
-        if self._paths and self.announce:
-            self.logger.info(f"Static export: {len(self._paths)} files in {self.folder}")
         return list(self._paths)
 
 
@@ -1861,7 +1858,10 @@ def export_static(
         return []
     export = StaticExport(folder, logger).start()
     export.render(figs)
-    return export.wait()
+    files = export.wait()
+    if files:
+        export.logger.info(f"Static export: {len(files)} files in {folder}")
+    return files
 
 
 class StaticFiles:
@@ -1877,7 +1877,6 @@ class StaticFiles:
         self.folder = target.parent / f".{target.name}.static-{os.getpid()}"
         self.logger = logger or log
         self.export = StaticExport(self.folder, self.logger)
-        self.export.announce = False  # said by place(), where the files end up
 
     def __enter__(self) -> "StaticFiles":
         self.folder.parent.mkdir(parents=True, exist_ok=True)

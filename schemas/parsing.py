@@ -218,6 +218,11 @@ def parse(kind: str, s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:
     return parsed
 
 
+def fits_int64(t: pa.DataType) -> bool:
+    """An integer type whose every value is an int64 (uint64 may not be)."""
+    return pa.types.is_signed_integer(t) or (pa.types.is_unsigned_integer(t) and t.bit_width < 64)
+
+
 def from_typed_source(kind: str, source: pa.Array | pa.ChunkedArray) -> pd.Series | None:
     """What ``parse(kind, text)`` gives when the text is Arrow's rendering of typed values.
 
@@ -231,9 +236,7 @@ def from_typed_source(kind: str, source: pa.Array | pa.ChunkedArray) -> pd.Serie
     t = source.type
     # Straight from Arrow's buffers to the masked dtypes: going through ArrowDtype and
     # .astype() converted every value as a Python object (2 s a run at 200k episodes).
-    if kind == "int" and (
-        pa.types.is_signed_integer(t) or (pa.types.is_unsigned_integer(t) and t.bit_width < 64)
-    ):
+    if kind == "int" and fits_int64(t):
         return pc.cast(source, pa.int64()).to_pandas(types_mapper=_MASKED.get)
     if kind == "float" and pa.types.is_floating(t):
         values = pc.cast(source, pa.float64())

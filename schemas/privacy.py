@@ -159,7 +159,7 @@ def _value_bytes(arr: pa.ChunkedArray) -> list[bytes] | None:
         _, offsets, data = chunk.buffers()
         bounds = np.frombuffer(offsets, dtype=width)
         start, end = int(bounds[chunk.offset]), int(bounds[chunk.offset + len(chunk)])
-        out.append(b"" if data is None else data.to_pybytes()[start:end])
+        out.append(b"" if data is None else data.slice(start, end - start).to_pybytes())
     return out
 
 

@@ -344,3 +344,27 @@ def test_quarantined_parquet_numbers_show_the_text_they_were_read_as(tmp_path):
         ("4611686018427387904", "1e+300"),
         ("3", "nan"),  # not a number here: bad_type, its text kept as read
     ]
+
+
+def test_an_integer_parquet_column_read_as_floats_keeps_its_own_text(tmp_path):
+    # Scores exported as int64: a float column's staged value of 12345678901234567 is
+    # 1.2345678901234568e16, whose text is not what the file held, so the text is kept.
+    out = tmp_path / "exports"
+    generate(out, 3, seed=5, items_format="parquet", bad_rows=0, progress=False)
+    folder = out / "assessment_items"
+    folder.mkdir()
+    (out / "assessment_items.parquet").rename(folder / "part-1.parquet")
+    extra = pa.table(
+        {
+            "assessment_id": ["A-NOPE", "A-NOPE"],
+            "item": pa.array([1, 2], pa.int64()),
+            "score": pa.array([12345678901234567, 2], pa.int64()),
+        }
+    )
+    pq.write_table(extra, folder / "part-2.parquet")  # a second file, scores as int64
+    con, _ = _ingest(out, chunk_rows=1_000_000)
+    records = con.execute(
+        "SELECT record FROM quarantine.rejected_rows WHERE table_name = 'assessment_items' "
+        "AND source_file = 'assessment_items/part-2.parquet' ORDER BY source_row"
+    ).fetchall()
+    assert [json.loads(r)["score"] for (r,) in records] == ["12345678901234567", "2"]
