@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
 
-from assets.background import in_background
+from assets.background import SWITCH_INTERVAL, in_background
 
 
 def test_items_arrive_in_order_from_another_thread():
@@ -46,3 +47,26 @@ def test_a_consumer_that_stops_early_stops_the_generator():
         if item == 3:
             break
     assert len(made) <= 3 + 1 + 2 + 1  # the items taken, the queue, and one in hand
+
+
+def test_the_gil_switch_interval_is_short_while_a_generator_runs_and_restored_after():
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL  # Python's default, 5 ms
+    seen = []
+    outer = in_background(iter(range(3)), 1, "outer")
+    for item in outer:
+        seen.append(sys.getswitchinterval())
+        if item == 0:
+            # A second user inside the first: the first to leave does not restore.
+            assert list(in_background(iter(range(2)), 1, "inner")) == [0, 1]
+            seen.append(sys.getswitchinterval())
+    assert seen == [SWITCH_INTERVAL] * 4
+    assert sys.getswitchinterval() == before
+
+    def failing():
+        yield 1
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        list(in_background(failing()))
+    assert sys.getswitchinterval() == before
