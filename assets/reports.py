@@ -267,6 +267,9 @@ WITH eps AS (
     JOIN staging.episodes e ON e.episode_id = k.episode_id
     WHERE k.ended_month BETWEEN $start AND $month
 ),
+repeat_clients AS (  -- clients with more than one episode
+    SELECT client_id FROM staging.episodes GROUP BY client_id HAVING count(*) > 1
+),
 units AS (
     SELECT 'dropout_rate' AS kpi, '' AS instrument, *, coalesce(dropout, false)::INTEGER AS num
     FROM eps WHERE ended_on IS NOT NULL
@@ -281,12 +284,17 @@ units AS (
            coalesce(reliably_deteriorated, false)::INTEGER
     FROM eps WHERE finished AND pair_paired
 ),
+counted AS (
+    SELECT u.*, r.client_id IS NOT NULL AS repeat_client
+    FROM units AS u
+    LEFT JOIN repeat_clients AS r ON r.client_id = u.client_id
+),
 long AS (
-    SELECT kpi, instrument, clinic_id, client_id, episode_id, num,
-           'age_band' AS breakdown, age_band AS band FROM units
+    SELECT kpi, instrument, clinic_id, client_id, episode_id, num, repeat_client,
+           'age_band' AS breakdown, age_band AS band FROM counted
     UNION ALL
-    SELECT kpi, instrument, clinic_id, client_id, episode_id, num,
-           'gender' AS breakdown, gender AS band FROM units
+    SELECT kpi, instrument, clinic_id, client_id, episode_id, num, repeat_client,
+           'gender' AS breakdown, gender AS band FROM counted
 )
 SELECT CASE WHEN grouping(clinic_id) = 0 THEN clinic_id ELSE $service_key END AS clinic_id,
        kpi, instrument, breakdown,
@@ -294,7 +302,10 @@ SELECT CASE WHEN grouping(clinic_id) = 0 THEN clinic_id ELSE $service_key END AS
        sum(num)::DOUBLE AS numerator,
        count(*)::DOUBLE AS denominator,
        sum(num)::DOUBLE / count(*) AS value,
-       count(DISTINCT client_id) AS n_clients,
+       -- distinct clients as in clinic_kpis_rates.sql: a client with one episode has
+       -- one row here; count(DISTINCT) only over the few with several (2.5x faster)
+       count(*) FILTER (WHERE NOT repeat_client)
+           + count(DISTINCT CASE WHEN repeat_client THEN client_id END) AS n_clients,
        -- one row per episode in each (kpi, breakdown): a DISTINCT here doubled the time
        count(*) AS n_episodes
 FROM long

@@ -361,6 +361,62 @@ def test_equity_window_totals_add_up_from_the_monthly_kpis(warehouse):
         assert same["denominator"].sum() == row.denominator
 
 
+def test_equity_client_counts_are_distinct_clients_when_clients_have_several_episodes():
+    """n_clients of the equity cells, against a plain distinct count in pandas.
+
+    The query counts clients with one episode by rows and only the others with
+    count(DISTINCT): here every third client gets a second and third episode
+    (in either clinic), so both parts are exercised."""
+    con = synthetic_warehouse()
+    try:
+        for table in ("staging.episodes", "marts.clinic_kpis_episodes"):
+            con.execute(f"""
+                UPDATE {table} SET client_id = m.merged
+                FROM (SELECT episode_id,
+                             'M' || (row_number() OVER (ORDER BY episode_id) // 3) AS merged
+                      FROM staging.episodes) AS m
+                WHERE {table}.episode_id = m.episode_id
+                  AND hash(m.episode_id) % 3 = 0
+            """)
+        repeat = con.execute(
+            "SELECT count(*) FROM (SELECT client_id FROM staging.episodes "
+            "GROUP BY 1 HAVING count(*) > 1)"
+        ).fetchall()[0][0]
+        assert repeat > 10
+        period = reports.reporting_period(dt.date(2026, 6, 30))
+        cells = reports.raw_qi_sections(con, period)["kpis"].frame
+        eps = con.execute(
+            "SELECT k.*, coalesce(nullif(trim(e.age_band), ''), 'not recorded') AS age_band, "
+            "coalesce(nullif(trim(e.gender), ''), 'not recorded') AS gender "
+            "FROM marts.clinic_kpis_episodes k JOIN staging.episodes e USING (episode_id) "
+            "WHERE k.ended_month BETWEEN ? AND ?",
+            [period.window_start, period.month],
+        ).df()
+    finally:
+        con.close()
+    finished = eps["finished"].fillna(False) & eps["pair_paired"].fillna(False)
+    units = {
+        "dropout_rate": eps[eps["ended_on"].notna()],
+        "recovery_rate": eps[finished & eps["caseness_start"].fillna(False)],
+        "reliable_improvement_rate": eps[finished],
+        "reliable_deterioration_rate": eps[finished],
+    }
+    checked = 0
+    for kpi, frame in units.items():
+        for breakdown in ("age_band", "gender"):
+            mine = cells[(cells["kpi"] == kpi) & (cells["breakdown"] == breakdown)]
+            for row in mine.itertuples():
+                sub = frame
+                if row.clinic_id != reports.SERVICE_KEY:
+                    sub = sub[sub["clinic_id"] == row.clinic_id]
+                if row.band != reports.ALL:
+                    sub = sub[sub[breakdown] == row.band]
+                assert row.n_clients == sub["client_id"].nunique(), row
+                assert row.n_episodes == len(sub), row
+                checked += 1
+    assert checked > 50
+
+
 def test_pages_are_written_with_plotly_js_once_and_no_remote_resource(built):
     settings, qi, caseload = built
     folder = settings.reports_dir / "qi_report"
