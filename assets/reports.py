@@ -850,12 +850,20 @@ PageText = str | Sequence[bytes]  # HTML, or its UTF-8 pieces (render_page)
 
 
 def render_page(
-    *, title: str, subtitle: str, nav: str, body: str, footer: str, run_id: str
+    *,
+    title: str,
+    subtitle: str,
+    nav: str,
+    body: str,
+    footer: str,
+    run_id: str,
+    bundle: str = "full",
 ) -> tuple[bytes, ...]:
-    """A complete page as UTF-8 pieces: the template, the stylesheet and plotly.js inlined
-    once. The 4.6 MB bundle is one piece, encoded once per process and written as is:
-    a national caseload has hundreds of pages, and copying the bundle into each page's
-    text and encoding it again cost ~4 ms a page, as much as its cards at 10k episodes."""
+    """A complete page as UTF-8 pieces: the template, the stylesheet and plotly.js
+    (``bundle``, see ``plotly_js``) inlined once. The bundle is one piece, encoded once
+    per process and written as is: a national caseload has hundreds of pages, and
+    copying the bundle into each page's text and encoding it again cost ~4 ms a page,
+    as much as its cards at 10k episodes."""
     values = {
         "title": _esc(title),
         "subtitle": subtitle,
@@ -869,7 +877,7 @@ def render_page(
         Template(part).substitute(values).encode("utf-8")
         for part in _template_file("page.html").split("$plotlyjs", 1)
     )
-    return head, _plotly_js_bytes(), tail
+    return head, _plotly_js_bytes(bundle), tail
 
 
 @functools.cache
@@ -877,20 +885,32 @@ def _template_file(name: str) -> str:
     return (TEMPLATES / name).read_text(encoding="utf-8")
 
 
-_PLOTLY_JS: str | None = None
-
-
-def plotly_js() -> str:
-    global _PLOTLY_JS
-    if _PLOTLY_JS is None:
-        # "</script" cannot occur inside an inline script element
-        _PLOTLY_JS = plotly.offline.get_plotlyjs().replace("</script", "<\\/script")
-    return _PLOTLY_JS
+# The plotly.js embedded in a page: "full", the bundle plotly.py ships (4.8 MB), or
+# "basic", plotly.js's own partial bundle of scatter, bar and pie traces (1.2 MB,
+# the same version, vendored: assets/vendor/README.md). The caseload pages draw
+# scatter traces only and are hundreds of pages nationally: they embed the basic
+# bundle (2.3 GB -> 0.6 GB of pages at 200k episodes; decision 008). The QI pages
+# use more trace types and keep the full bundle.
+BASIC_BUNDLE = Path(__file__).resolve().parent / "vendor" / "plotly-basic.min.js"
+BASIC_TRACE_TYPES = frozenset({"scatter", "bar", "pie"})
 
 
 @functools.cache
-def _plotly_js_bytes() -> bytes:
-    return plotly_js().encode("utf-8")
+def plotly_js(bundle: str = "full") -> str:
+    """The bundle's text, safe inside an inline script element."""
+    if bundle == "full":
+        text = plotly.offline.get_plotlyjs()
+    elif bundle == "basic":
+        text = BASIC_BUNDLE.read_text(encoding="utf-8")
+    else:
+        raise ValueError(f"unknown plotly.js bundle {bundle!r}")
+    # "</script" cannot occur inside an inline script element
+    return text.replace("</script", "<\\/script")
+
+
+@functools.cache
+def _plotly_js_bytes(bundle: str = "full") -> bytes:
+    return plotly_js(bundle).encode("utf-8")
 
 
 # --------------------------------------------------------------------------
@@ -2327,6 +2347,7 @@ def build_caseload_reports(
                     body=body,
                     footer=_footer(run),
                     run_id=str(run["run_id"]),
+                    bundle="basic",  # trajectory charts: scatter traces only
                 ),
             )
 

@@ -9,9 +9,11 @@ runs. The browser test reuses both.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import random
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -427,10 +429,13 @@ def test_pages_are_written_with_plotly_js_once_and_no_remote_resource(built):
         "clinic_C3.html",
     }
     assert qi.main == folder / "service.html"
-    bundle = reports.plotly_js()
-    for path in [*qi.pages, *caseload.pages]:
+    full, basic = reports.plotly_js("full"), reports.plotly_js("basic")
+    pages = [(p, full) for p in qi.pages] + [(p, basic) for p in caseload.pages]
+    for path, bundle in pages:
         page = path.read_text(encoding="utf-8")
         assert page.count(bundle[:300]) == 1, path.name  # plotly.js embedded exactly once
+        other = basic if bundle is full else full
+        assert other[:300] not in page, path.name  # and only that bundle
         assert page.count("Plotly.newPlot") >= 1
         ours = page.replace(bundle, "")  # the page without the library's own text
         assert not re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", ours), path.name
@@ -440,6 +445,77 @@ def test_pages_are_written_with_plotly_js_once_and_no_remote_resource(built):
     index = (settings.reports_dir / "index.html").read_text(encoding="utf-8")
     assert 'href="qi_report/service.html"' in index
     assert 'href="therapist_caseload/clinician_T11.html"' in index
+
+
+def test_vendored_basic_bundle_is_the_plotly_js_of_the_pinned_plotly():
+    """assets/vendor/plotly-basic.min.js: the version plotly.py bundles, and the file
+    the vendor README names (its checksum). After a plotly upgrade this fails with
+    the version to vendor."""
+    version = re.compile(r"plotly\.js (?:\([^)]*\) )?v(\d+\.\d+\.\d+)")
+    full = version.search(reports.plotly_js("full")[:500])
+    basic = version.search(reports.plotly_js("basic")[:500])
+    assert full and basic
+    assert "(basic - minified)" in reports.plotly_js("basic")[:200]
+    assert basic.group(1) == full.group(1), f"vendor plotly.js-basic-dist-min@{full.group(1)}"
+    readme = (reports.BASIC_BUNDLE.parent / "README.md").read_text(encoding="utf-8")
+    digest = hashlib.sha256(reports.BASIC_BUNDLE.read_bytes()).hexdigest()
+    assert f"`{digest}`" in readme and f"v{basic.group(1)}" in readme
+
+
+def test_caseload_charts_use_only_trace_types_of_the_basic_bundle():
+    """Every chart of a caseload card is a ``trajectory_spec``: with sessions, alliance
+    and the expected range, every trace it can draw is one the basic bundle has."""
+    times = pd.to_datetime(["2026-01-05", "2026-01-19", "2026-02-02"])
+    spec = figures.trajectory_spec(
+        {"administered_at": times, "total": [18.0, 12.0, 7.0]},
+        "PHQ-9",
+        sessions={
+            "scheduled_at": times,
+            "status": ["attended", "no_show", "attended"],
+        },
+        alliance={"administered_at": times[:2], "total": [30.0, 36.0]},
+        alliance_instrument="SRS",
+        expected={
+            "administered_at": times,
+            "expected_score": [18.0, 14.0, 11.0],
+            "tolerance_lower": [15.0, 10.0, 7.0],
+            "tolerance_upper": [21.0, 18.0, 15.0],
+        },
+    )
+    types = {trace.get("type") for trace in spec["data"]}
+    assert len(spec["data"]) >= 5 and types <= reports.BASIC_TRACE_TYPES
+
+
+def test_a_caseload_page_draws_every_chart_in_a_browser(built, tmp_path):
+    """The caseload page with the basic bundle, rendered by headless Chromium: one
+    plotly graph per chart, each with its SVG. Skipped without a Chromium."""
+    chrome = reports.find_chrome()
+    if chrome is None:
+        pytest.skip("no Chromium")
+    _, _, caseload = built
+    path = max(caseload.pages, key=lambda p: p.stat().st_size)
+    charts = path.read_text(encoding="utf-8").count("Plotly.newPlot(")
+    assert charts >= 2
+    result = subprocess.run(
+        [
+            chrome,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    dom = result.stdout
+    assert dom.count('class="plot-container plotly"') == charts, result.stderr[-2000:]
+    assert dom.count('class="main-svg"') >= charts
+    assert 'class="trace scatter' in dom
 
 
 def test_service_page_has_every_section_with_numbers(built):
