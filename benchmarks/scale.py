@@ -10,7 +10,8 @@ For each tier (episodes: 10k, 200k, 1m or any number):
    Parquet, the rest CSV; a few planted bad rows), cached in
    ``data/generated/scale/`` (same arguments, same files: reused).
 2. Times the floor: a bare DuckDB ``count(*)`` over every export file (CSV read as
-   text), in a fresh DuckDB connection of this process.
+   text), in a fresh DuckDB connection of this process; and ``host_probe``, fixed
+   work that shows how fast the (shared, drifting) host is at that moment.
 3. Runs ``python -m pipelines.cli run`` (job ``refresh_all``) in a FRESH process with
    a temporary DAGSTER_HOME, warehouse and reports folder, polling the resident
    memory of its whole process tree; then reads the step timings and row counts
@@ -139,6 +140,27 @@ def floor_scan(exports: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     con.close()
     return {"seconds": round(seconds, 2), "rows": rows}
+
+
+def host_probe() -> dict[str, float]:
+    """Seconds of two fixed workloads: how fast the host is right now.
+
+    The VM's speed drifts by 20 % or more within an hour (the same code's ingest took
+    40-55 s at 200k), so each run records the time of the same pure-Python loop (one
+    core, the GIL) and the same DuckDB aggregate (both cores) just before it. Runs
+    whose probes differ were taken on a differently fast host.
+    """
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(3_000_000):
+        total += i * i % 7
+    python_seconds = time.perf_counter() - t0
+    con = duckdb.connect()
+    t0 = time.perf_counter()
+    con.execute("SELECT sum(hash(i) % 1000) FROM range(200_000_000) t(i)").fetchone()
+    duckdb_seconds = time.perf_counter() - t0
+    con.close()
+    return {"python_seconds": round(python_seconds, 3), "duckdb_seconds": round(duckdb_seconds, 3)}
 
 
 # --------------------------------------------------------------------------- the run
@@ -386,6 +408,12 @@ def print_tier(result: dict[str, Any]) -> None:
         )
         + f"; load average at start {run['load_average_at_start']}"
     )
+    probe = result.get("host_probe")
+    if probe:
+        print(
+            f"host probe (fixed work, lower = faster host): Python loop "
+            f"{probe['python_seconds']:.2f}s, DuckDB aggregate {probe['duckdb_seconds']:.2f}s"
+        )
     for message in run["stderr_tail"]:
         print(f"  | {message}")
 
@@ -523,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             os.sync()
             log(f"{tier_label(episodes)}: floor scan of {len(files)} files")
             floor = floor_scan(exports)
+            probe = host_probe()
             workdir = Path(tempfile.mkdtemp(prefix="run-", dir=exports.parent))
             log(
                 f"{tier_label(episodes)}: refresh_all in a fresh process, run {repeat} of "
@@ -550,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                 "export_rows": {t: counts.get(t, 0) for t in STAGING_TABLES},
                 "export_bytes": files_bytes(files),
                 "floor": floor,
+                "host_probe": probe,
                 "run": run,
                 "floor_ratio": round(run["wall_seconds"] / floor["seconds"], 2)
                 if floor["seconds"] and run["exit_code"] == 0
