@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -368,3 +369,31 @@ def test_an_integer_parquet_column_read_as_floats_keeps_its_own_text(tmp_path):
         "AND source_file = 'assessment_items/part-2.parquet' ORDER BY source_row"
     ).fetchall()
     assert [json.loads(r)["score"] for (r,) in records] == ["12345678901234567", "2"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.none(), st.text(alphabet=st.sampled_from(" \t+()-./0123456789Ax:"))),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(0, 3),
+)
+def test_privacy_phone_shape_keeps_every_value_the_regex_matches(values, cut):
+    # Offsets and first bytes alone decide which values the phone regex sees: every
+    # value it matches must be among them, in a slice of a larger batch too.
+    whole = pa.array(["+44 7700 900123", *values, "A00000001"], pa.large_string())
+    part = whole[cut : len(whole) - 1]
+    shaped = privacy._phone_shaped(pa.chunked_array([part])).to_pylist()
+    for value, kept in zip(part.to_pylist(), shaped, strict=True):
+        if value is not None and re.match(privacy._PHONE_ASCII, value):
+            assert kept, value
+        if kept:
+            assert value is not None and len(value) >= 9
+
+
+def test_privacy_phone_shape_skips_ids_and_keeps_phone_starts():
+    values = ["A00000001", "2026-09-21T08:05:00", " +44 7700 900123", "(555) 010-4477", ""]
+    shaped = privacy._phone_shaped(pa.chunked_array([pa.array([*values, None])]))
+    assert shaped.to_pylist() == [False, True, True, True, False, False]
