@@ -104,17 +104,19 @@ _PANDAS_RANGE = (
 )
 
 
-def _plain_timestamps(text: pd.Series) -> np.ndarray | None:
-    """'YYYY-MM-DD[T ]HH:MM:SS' values as datetime64[us], as pandas would parse them.
+def _plain_timestamps(text: pd.Series, utc: bool = False) -> np.ndarray | None:
+    """'YYYY-MM-DD[T ]HH:MM:SS' values as datetime64[us], as pandas would parse them;
+    with ``utc``, values with an offset ('Z', '+01:00', '-0530', '+01') as UTC instants.
 
-    None (use pandas) when Arrow refuses any value (a 30 February, hour 24 ...)
-    or one lies outside pandas' range.
+    None (use pandas) when Arrow refuses any value (a 30 February, hour 24, an
+    offset of 25 hours, fractions of a second ...) or one lies outside pandas' range.
     """
+    zone = "UTC" if utc else None
     try:
-        parsed = pc.cast(_untrimmed(text), pa.timestamp("s"))
+        parsed = pc.cast(_untrimmed(text), pa.timestamp("s", tz=zone))
     except pa.ArrowInvalid:
         return None
-    low, high = _PANDAS_RANGE
+    low, high = (pa.scalar(v.value, pa.timestamp("s", tz=zone)) for v in _PANDAS_RANGE)
     if parsed.null_count or pc.any(pc.or_(pc.less(parsed, low), pc.greater(parsed, high))).as_py():
         return None
     return parsed.cast(pa.timestamp("us")).to_numpy(zero_copy_only=False)
@@ -145,7 +147,15 @@ def parse_timestamp(s: pd.Series, tz: ZoneInfo | str = "UTC") -> pd.Series:
             "datetime64[us]"
         )
     if has_offset.any():
-        aware = pd.to_datetime(text[has_offset], format="ISO8601", utc=True, errors="coerce")
+        # Arrow's strict cast first here too (~15x faster than pandas' ISO8601 parser
+        # for offsets, which one clinic's exports carry on every timestamp).
+        with_offset = text[has_offset]
+        fast = _plain_timestamps(with_offset, utc=True)
+        aware = (
+            pd.Series(fast, index=with_offset.index).dt.tz_localize("UTC")
+            if fast is not None
+            else pd.to_datetime(with_offset, format="ISO8601", utc=True, errors="coerce")
+        )
         out[has_offset] = aware.dt.tz_convert(tz).dt.tz_localize(None).astype("datetime64[us]")
     return out
 

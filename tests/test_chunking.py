@@ -397,3 +397,48 @@ def test_privacy_phone_shape_skips_ids_and_keeps_phone_starts():
     values = ["A00000001", "2026-09-21T08:05:00", " +44 7700 900123", "(555) 010-4477", ""]
     shaped = privacy._phone_shaped(pa.chunked_array([pa.array([*values, None])]))
     assert shaped.to_pylist() == [False, True, True, True, False, False]
+
+
+def _offset_times(days: int, hours: int, seconds: int, offset_hours: int):
+    return st.builds(
+        "{:04d}-{:02d}-{:02d}{}{:02d}:{:02d}:{:02d}{}".format,
+        st.integers(1900, 2100),
+        st.integers(1, 12),
+        st.integers(1, days),
+        st.sampled_from(["T", " "]),
+        st.integers(0, hours),
+        st.integers(0, 59),
+        st.integers(0, seconds),
+        st.one_of(
+            st.just("Z"),
+            st.builds(
+                "{}{:02d}{}".format,
+                st.sampled_from("+-"),
+                st.integers(0, offset_hours),
+                st.sampled_from(["", ":00", ":30", "45", ":59"]),
+            ),
+        ),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.lists(_offset_times(28, 23, 59, 23), min_size=1, max_size=20),  # Arrow takes all
+        st.lists(_offset_times(31, 24, 60, 26), min_size=1, max_size=20),  # some refused
+    ),
+    st.sampled_from(["UTC", "Europe/London", "America/St_Johns"]),
+)
+def test_timestamps_with_offsets_parse_like_pandas(values, zone):
+    # Arrow's strict cast takes values with an offset; any value it refuses sends the
+    # batch to pandas' ISO8601 parser, the reference, whose result must be the same.
+    from schemas.parsing import parse_timestamp
+
+    text = pd.Series(values, dtype=TEXT)
+    reference = (
+        pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+        .dt.tz_convert(zone)
+        .dt.tz_localize(None)
+        .astype("datetime64[us]")
+    )
+    assert parse_timestamp(text, zone).equals(reference)
