@@ -142,6 +142,25 @@ _PHONE_ASCII = rf"^[{_S}]*(?:\+|00)?\(?[0-9][0-9{_S}().\-/]{{7,}}[0-9][{_S}]*$"
 _DIGITS = b"0123456789"
 
 
+def _string_chunks(
+    arr: pa.ChunkedArray,
+) -> list[tuple[np.ndarray, pa.Buffer | None]] | None:
+    """Per chunk of a string column: its values' offsets (n + 1, this slice's own)
+    and its data buffer. None: not plain strings."""
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return None
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    out = []
+    for chunk in arr.chunks:
+        _, offsets, data = chunk.buffers()
+        if offsets is None:  # an empty array may have no offsets buffer
+            out.append((np.zeros(1, dtype=width), None))
+            continue
+        bounds = np.frombuffer(offsets, dtype=width)[chunk.offset : chunk.offset + len(chunk) + 1]
+        out.append((bounds, data))
+    return out
+
+
 def _value_bytes(arr: pa.ChunkedArray) -> list[bytes] | None:
     """The bytes of every value of a string column, chunk by chunk (None: not plain strings).
 
@@ -149,16 +168,14 @@ def _value_bytes(arr: pa.ChunkedArray) -> list[bytes] | None:
     slice of a larger batch reads only its own values (and any bytes a null
     slot may hold: a superset, which is all the callers need).
     """
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+    chunks = _string_chunks(arr)
+    if chunks is None:
         return None
-    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
     out = []
-    for chunk in arr.chunks:
-        if len(chunk) == 0:
+    for bounds, data in chunks:
+        if len(bounds) < 2:
             continue
-        _, offsets, data = chunk.buffers()
-        bounds = np.frombuffer(offsets, dtype=width)
-        start, end = int(bounds[chunk.offset]), int(bounds[chunk.offset + len(chunk)])
+        start, end = int(bounds[0]), int(bounds[-1])
         out.append(b"" if data is None else data.slice(start, end - start).to_pybytes())
     return out
 
@@ -177,14 +194,11 @@ def _phone_shaped(arr: pa.ChunkedArray) -> pa.ChunkedArray | None:
     ('A00000001') and most text are settled without running the regex (at 200k
     episodes 25M item rows' ids went through it). None: not plain strings.
     """
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+    chunks = _string_chunks(arr)
+    if chunks is None:
         return None
-    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
     masks = []
-    for chunk in arr.chunks:
-        n = len(chunk)
-        _, offsets, data = chunk.buffers()
-        bounds = np.frombuffer(offsets, dtype=width)[chunk.offset : chunk.offset + n + 1]
+    for bounds, data in chunks:
         starts = bounds[:-1]
         shaped = (bounds[1:] - starts) >= 9
         if data is not None and shaped.any():
