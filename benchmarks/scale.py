@@ -10,8 +10,10 @@ For each tier (episodes: 10k, 200k, 1m or any number):
    Parquet, the rest CSV; a few planted bad rows), cached in
    ``data/generated/scale/`` (same arguments, same files: reused).
 2. Times the floor: a bare DuckDB ``count(*)`` over every export file (CSV read as
-   text), in a fresh DuckDB connection of this process; and ``host_probe``, fixed
-   work that shows how fast the (shared, drifting) host is at that moment.
+   text), in a fresh DuckDB connection of this process; the load floor, the same
+   files copied as read into tables of a new DuckDB file with no rule (what any
+   pipeline that keeps the rows pays at least); and ``host_probe``, fixed work that
+   shows how fast the (shared, drifting) host is at that moment.
 3. Runs ``python -m pipelines.cli run`` (job ``refresh_all``) in a FRESH process with
    a temporary DAGSTER_HOME, warehouse and reports folder, polling the resident
    memory of its whole process tree; then reads the step timings and row counts
@@ -140,6 +142,33 @@ def floor_scan(exports: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     con.close()
     return {"seconds": round(seconds, 2), "rows": rows}
+
+
+def load_floor(exports: Path, workdir: Path) -> dict[str, Any]:
+    """Seconds DuckDB takes to copy every export file into a table of a new database file.
+
+    A second reference beside :func:`floor_scan`: the same files stored as read (CSV
+    as text, Parquet as typed), with no rule, no order and no other table, then
+    checkpointed. ``count(*)`` of a Parquet file reads only its footer, so the bare
+    scan never touches the item rows; any pipeline that keeps the rows pays at least
+    this.
+    """
+    path = workdir / "load-floor.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("SET enable_progress_bar = false")
+    t0 = time.perf_counter()
+    for i, file in enumerate(export_files(exports)):
+        if file.suffix == ".parquet":
+            source = f"read_parquet('{file}')"
+        else:
+            source = f"read_csv('{file}', all_varchar = true, header = true)"
+        con.execute(f"CREATE TABLE t{i} AS SELECT * FROM {source}")
+    con.execute("CHECKPOINT")
+    con.close()
+    seconds = time.perf_counter() - t0
+    size = path.stat().st_size
+    path.unlink()
+    return {"seconds": round(seconds, 2), "database_bytes": size}
 
 
 def host_probe() -> dict[str, float]:
@@ -408,6 +437,15 @@ def print_tier(result: dict[str, Any]) -> None:
         )
         + f"; load average at start {run['load_average_at_start']}"
     )
+    loaded = result.get("load_floor")
+    if loaded:
+        ratio = result["load_floor_ratio"]
+        print(
+            f"load floor: DuckDB copying the same files into a table, no rules, "
+            f"{loaded['seconds']:.2f}s ({result['load_over_scan']}x the bare scan); "
+            "refresh_all / load floor = "
+            + (f"{ratio:.1f}x" if ratio is not None else "n/a (the run did not finish)")
+        )
     probe = result.get("host_probe")
     if probe:
         print(
@@ -480,6 +518,11 @@ def check_targets(
                 + ("met" if ratio is not None and ratio <= target["floor_ratio"] else "NOT met")
                 + ")"
             )
+            if r.get("load_floor"):
+                lines.append(
+                    f"{tier_label(n)}: for scale, copying the files into DuckDB with no rule "
+                    f"took {r['load_floor']['seconds']:.1f}s, {r['load_over_scan']}x the bare scan"
+                )
     small, large = by_n.get(200_000), by_n.get(1_000_000)
     if small and large:
         finished = small["run"]["exit_code"] == 0 and large["run"]["exit_code"] == 0
@@ -551,8 +594,10 @@ def main(argv: list[str] | None = None) -> int:
             os.sync()
             log(f"{tier_label(episodes)}: floor scan of {len(files)} files")
             floor = floor_scan(exports)
-            probe = host_probe()
             workdir = Path(tempfile.mkdtemp(prefix="run-", dir=exports.parent))
+            log(f"{tier_label(episodes)}: load floor (the files copied into DuckDB)")
+            loaded = load_floor(exports, workdir)
+            probe = host_probe()
             log(
                 f"{tier_label(episodes)}: refresh_all in a fresh process, run {repeat} of "
                 f"{args.repeat} (work folder {workdir})"
@@ -579,10 +624,17 @@ def main(argv: list[str] | None = None) -> int:
                 "export_rows": {t: counts.get(t, 0) for t in STAGING_TABLES},
                 "export_bytes": files_bytes(files),
                 "floor": floor,
+                "load_floor": loaded,
                 "host_probe": probe,
                 "run": run,
                 "floor_ratio": round(run["wall_seconds"] / floor["seconds"], 2)
                 if floor["seconds"] and run["exit_code"] == 0
+                else None,
+                "load_floor_ratio": round(run["wall_seconds"] / loaded["seconds"], 2)
+                if loaded["seconds"] and run["exit_code"] == 0
+                else None,
+                "load_over_scan": round(loaded["seconds"] / floor["seconds"], 1)
+                if floor["seconds"]
                 else None,
                 "ingest_floor_ratio": next(
                     (
