@@ -46,7 +46,13 @@ from schemas.exports import ColumnInfo, columns_of, export_schemas, rule_of_fail
 from schemas.parsing import TEXT, fits_int64, from_typed_source, parse, parse_once, remember
 from schemas.registry import Registry, fold_code
 from schemas.settings import Settings
-from schemas.staging import STAGING_TABLES, create_tables
+from schemas.staging import (
+    STAGING_TABLES,
+    WORK_TABLE_PREFIX,
+    create_tables,
+    drop_work_tables,
+    staging_columns,
+)
 
 log = logging.getLogger("outcomes.ingest")
 
@@ -63,6 +69,11 @@ SQL_TYPES = {
 # What each staging table is published from: the scratch table, or a view of
 # it with the columns scoring adds (assets/sql/ingest_scoring.sql).
 PUBLISHED_FROM = {"assessments": "_assessments_scored"}
+# Staging tables whose work table is built in the warehouse, in the staging
+# table's own column order, and *becomes* the staging table when publishing
+# (rejected rows deleted, work columns dropped, renamed) instead of being
+# copied: copying 25M item rows cost ~3 s at 200k episodes (008-scale.md).
+IN_PLACE = tuple(t for t in STAGING_TABLES if t not in PUBLISHED_FROM)
 # Columns the scratch table has beyond its export columns, filled at load time
 # as a copy of another column (and changed in SQL where they differ).
 LOADED_AS = {"assessment_items": {"keyed_score": ("DOUBLE", "score")}}
@@ -482,20 +493,31 @@ class Ingest:
 
     # -- reading and row rules ------------------------------------------------
 
+    def _work(self, table: str) -> str:
+        """Qualified name of a table's work table (see IN_PLACE)."""
+        if table in IN_PLACE:
+            return f'"{self._home_db}".staging.{WORK_TABLE_PREFIX}{table}'
+        return f"{SCRATCH}._in_{table}"
+
     def _create_scratch(self, table: str) -> None:
         cols = columns_of(self.schemas[table])
-        defs = [
-            "_rid BIGINT",
-            "_file_order INTEGER",
-            "source_file VARCHAR",
-            "source_row BIGINT",
-            "_rule VARCHAR",
-            "_detail VARCHAR",
-        ]
-        defs += [f'"raw_{c.name}" VARCHAR' for c in cols if keeps_raw(c)]
-        defs += [f'"{c.name}" {SQL_TYPES[c.kind]}' for c in cols]
-        defs += [f'"{n}" {t}' for n, (t, _) in LOADED_AS.get(table, {}).items()]
-        self.con.execute(f"CREATE OR REPLACE TABLE _in_{table} ({', '.join(defs)})")
+        work = ["_rid BIGINT", "_file_order INTEGER", "_rule VARCHAR", "_detail VARCHAR"]
+        work += [f'"raw_{c.name}" VARCHAR' for c in cols if keeps_raw(c)]
+        # Typed columns as read; a rejected row may hold what the staging type cannot
+        # (an item number past INTEGER), so the type is narrowed only when publishing.
+        typed = {
+            "source_file": "VARCHAR",
+            "source_row": "BIGINT",
+            **{c.name: SQL_TYPES[c.kind] for c in cols},
+            **{n: t for n, (t, _) in LOADED_AS.get(table, {}).items()},
+        }
+        if table in IN_PLACE:
+            staged = [c.name for c in staging_columns()[table]]
+            if sorted(staged) != sorted(typed):
+                raise AssertionError(f"staging.{table} is not its export columns: {staged}")
+            typed = {name: typed[name] for name in staged}
+        defs = [f'"{name}" {sql_type}' for name, sql_type in typed.items()] + work
+        self.con.execute(f"CREATE OR REPLACE TABLE {self._work(table)} ({', '.join(defs)})")
 
     def _load_table(self, table: str) -> None:
         schema = self.schemas[table]
@@ -748,7 +770,7 @@ class Ingest:
             quarantine_selects.append(
                 f"SELECT '{table}' AS table_name, source_file, source_row, "
                 f"to_json(struct_pack({struct}))::VARCHAR AS record, _rule AS rule, "
-                f"_detail AS detail, $run_id AS run_id, _rid FROM {SCRATCH}._in_{table} "
+                f"_detail AS detail, $run_id AS run_id, _rid FROM {self._work(table)} "
                 f"WHERE _rule IS NOT NULL"
             )
         con.execute("BEGIN TRANSACTION")
@@ -763,20 +785,11 @@ class Ingest:
             ]:
                 con.execute(f"DROP TABLE IF EXISTS {name}")
             create_tables(con)
-            for table in STAGING_TABLES:
-                staging_cols = [
-                    r[0]
-                    for r in con.execute(
-                        "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                        "'staging' AND table_name = ? ORDER BY ordinal_position",
-                        [table],
-                    ).fetchall()
-                ]
-                cols = ", ".join(f'"{c}"' for c in staging_cols)
+            for table, source in PUBLISHED_FROM.items():
+                cols = ", ".join(f'"{c.name}"' for c in staging_columns()[table])
                 # Rows go in file order: scratch rows were written in _rid order and
                 # DuckDB keeps insertion order through a plain scan (and through
                 # the positional join of the scored view).
-                source = PUBLISHED_FROM.get(table, f"_in_{table}")
                 con.execute(
                     f"INSERT INTO staging.{table} ({cols}) SELECT {cols} "
                     f"FROM {SCRATCH}.{source} WHERE _rule IS NULL"
@@ -827,10 +840,47 @@ class Ingest:
                     "INSERT INTO quarantine.ingest_history VALUES (?, ?, ?, ?, ?, ?)",
                     [self.run_id, r.table, r.rows_read, r.rows_staged, r.rows_quarantined, as_of],
                 )
+            for table in IN_PLACE:
+                self._make_staging(table)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
+
+    def _make_staging(self, table: str) -> None:
+        """Turn a work table into its staging table, inside the publishing transaction.
+
+        Its rows are already in file order and its columns in the staging order; what
+        is left is cheap: delete the rejected rows (after the quarantine has read them),
+        drop the work columns, narrow types and set NOT NULL as the DDL says (each
+        checked by DuckDB over the staged rows), and take the staging table's name.
+        """
+        con, work = self.con, self._work(table)
+        con.execute(f"DROP TABLE staging.{table}")  # the empty one create_tables made
+        con.execute(f"DELETE FROM {work} WHERE _rule IS NOT NULL")
+        wanted = {c.name: c for c in staging_columns()[table]}
+        present = con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = $db "
+            "AND schema_name = 'staging' AND table_name = $t ORDER BY column_index",
+            {"db": self._home_db, "t": f"{WORK_TABLE_PREFIX}{table}"},
+        ).fetchall()
+        for name, sql_type in present:
+            column = wanted.get(name)
+            if column is not None and sql_type != column.sql_type:
+                # DuckDB converts the deleted rows too: only staged ones are cast
+                # (strictly: a staged value that does not fit fails the run, as an
+                # INSERT into the staging table would).
+                con.execute(
+                    f'ALTER TABLE {work} ALTER COLUMN "{name}" TYPE {column.sql_type} '
+                    f'USING CASE WHEN _rule IS NULL THEN CAST("{name}" AS {column.sql_type}) END'
+                )
+        for name, _ in present:
+            if name not in wanted:
+                con.execute(f'ALTER TABLE {work} DROP COLUMN "{name}"')
+        for column in wanted.values():
+            if column.not_null:
+                con.execute(f'ALTER TABLE {work} ALTER COLUMN "{column.name}" SET NOT NULL')
+        con.execute(f"ALTER TABLE {work} RENAME TO {table}")
 
     def _count(self) -> None:
         for table, report in self.reports.items():
@@ -880,6 +930,8 @@ class Ingest:
             "WHERE database_name = current_database()"
         ).fetchall()[0]
         self._home_db = home
+        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{home}".staging')
+        drop_work_tables(con, home)
         scratch = Path(f"{path}.ingest-scratch") if path else None
         if scratch is not None:
             _remove_database_files(scratch)
@@ -898,9 +950,12 @@ class Ingest:
             ARROW_TEXT, _arrow_float_text, ["DOUBLE"], "VARCHAR", type="arrow", side_effects=False
         )
         con.execute(f"USE {SCRATCH}")
+        # Work tables by their plain names, wherever they live (IN_PLACE).
+        con.execute(f"SET search_path = '{SCRATCH}.main,\"{home}\".staging'")
 
         def release() -> None:
             con.execute(f'USE "{home}"')
+            drop_work_tables(con, home)
             # Dropped first so that detaching does not write the work tables out.
             for kind, name in con.execute(
                 "SELECT 'VIEW', view_name FROM duckdb_views() WHERE database_name = $db "

@@ -15,6 +15,7 @@ import dagster as dg
 import duckdb
 
 from schemas.settings import Settings, load_settings
+from schemas.staging import drop_work_tables
 
 # Every step that opens the warehouse takes a slot of this pool (limit 1 in the
 # shipped dagster.yaml): DuckDB allows one process per file at a time.
@@ -127,6 +128,11 @@ def warehouse_connection(
         if not read_only:
             for schema in ("staging", "quarantine", "marts"):
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            # A killed ingest's work tables: never published, not even in a snapshot
+            # taken by a later run that does not ingest.
+            dropped = drop_work_tables(con)
+            if dropped:
+                log.warning("%s: dropped work tables of an interrupted ingest: %s", path, dropped)
         yield con
     finally:
         con.close()

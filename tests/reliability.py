@@ -38,6 +38,8 @@ from typing import Any
 
 import duckdb
 
+from schemas.staging import work_tables
+
 ROOT = Path(__file__).resolve().parent.parent
 FULL = os.environ.get("RELIABILITY_FULL", "") == "1"
 # Columns that legitimately differ between two runs on the same exports: the run id,
@@ -446,11 +448,13 @@ def open_warehouse(path: Path, read_only: bool = True) -> Iterator[duckdb.DuckDB
 
 
 def warehouse_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Published tables; a killed ingest's work tables are temp leftovers (``work_tables``)."""
     rows = con.execute(
         "SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name IN "
         f"{WAREHOUSE_SCHEMAS} ORDER BY 1, 2"
     ).fetchall()
-    return [f"{s}.{t}" for s, t in rows]
+    work = set(work_tables(con))
+    return [f"{s}.{t}" for s, t in rows if not (s == "staging" and t in work)]
 
 
 def _columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:

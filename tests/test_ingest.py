@@ -16,6 +16,7 @@ import pytest
 
 from assets.ingest_engine import IngestError
 from schemas.privacy import PrivacyError
+from schemas.staging import create_tables
 from tests.exports import base_tables, ingest, rejected, staged_ids, write_csv, write_exports
 
 
@@ -598,6 +599,65 @@ def test_failed_ingest_leaves_the_previous_warehouse(tmp_path):
         ingest(folder, duckdb.connect(str(path)))
     con = duckdb.connect(str(path))
     assert staged_ids(con, "episodes", "episode_id") == ["E1", "E2"]
+
+
+def _staging_layout(con) -> list[tuple]:
+    return con.execute(
+        "SELECT table_name, ordinal_position, column_name, data_type, is_nullable "
+        "FROM information_schema.columns WHERE table_schema = 'staging' ORDER BY ALL"
+    ).fetchall()
+
+
+def _work_tables(con) -> list[tuple]:
+    return con.execute(
+        "SELECT database_name, schema_name, table_name FROM duckdb_tables() "
+        "WHERE starts_with(table_name, '_') AND NOT temporary"
+    ).fetchall()
+
+
+def test_staging_tables_built_in_place_keep_the_ddl(tmp_path):
+    # Four staging tables are their work tables renamed (IN_PLACE); rejected rows
+    # held what the staging columns refuse: an empty required value, and integers
+    # past INTEGER in columns the DDL makes INTEGER.
+    tables = base_tables()
+    tables["sessions"][0]["scheduled_at"] = ""
+    tables["sessions"][2]["duration_minutes"] = "9223372036854775807"
+    tables["goals"][0]["goal_number"] = "9223372036854775807"
+    tables["assessment_items"][3]["item"] = "4294967296"
+    con, result = run(tmp_path, tables)
+    assert {(t, row, rule) for t, _, row, rule in rejected(con)} >= {
+        ("sessions", 1, "missing_required"),
+        ("sessions", 3, "out_of_range"),
+        ("goals", 1, "out_of_range"),
+        ("assessment_items", 4, "out_of_range"),
+    }
+    fresh = duckdb.connect()
+    for schema in ("staging", "quarantine"):
+        fresh.execute(f"CREATE SCHEMA {schema}")
+    create_tables(fresh)
+    assert _staging_layout(con) == _staging_layout(fresh)
+    assert _work_tables(con) == []
+    for table, report in result.tables.items():
+        assert con.execute(f"SELECT count(*) FROM staging.{table}").fetchone()[0] == (
+            report.rows_staged
+        )
+    with pytest.raises(duckdb.ConstraintException):
+        con.execute("INSERT INTO staging.goals VALUES ('E1', NULL, DATE '2026-01-01', 'x', 'f', 1)")
+
+
+def test_failed_ingest_leaves_no_work_tables_and_the_previous_staging(tmp_path):
+    # Fails on the last table read, after the others' work tables were filled.
+    path = tmp_path / "w.duckdb"
+    folder = write_exports(tmp_path / "x", base_tables())
+    con, _ = ingest(folder, duckdb.connect(str(path)))
+    before = _staging_dump(con)
+    con.close()
+    (folder / "goals.csv").write_text("episode_id,goal_number,set_at\nE1,1,2026-01-05\n")
+    with pytest.raises(IngestError, match="goals.csv"):
+        ingest(folder, duckdb.connect(str(path)))
+    con = duckdb.connect(str(path))
+    assert _work_tables(con) == []
+    assert _staging_dump(con) == before
 
 
 def test_rerun_gives_identical_tables(tmp_path):

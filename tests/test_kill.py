@@ -31,6 +31,7 @@ from collections import Counter
 
 import pytest
 
+from schemas.staging import work_tables
 from tests.reliability import (
     FULL,
     SUITE_EPISODES,
@@ -168,9 +169,12 @@ def _check_killed_state(
 
 
 def _leftovers(site: Site) -> list[str]:
-    """Temp files and folders of a killed writer (report folders, snapshot copy, scratch)."""
+    """Temp files and folders of a killed writer (report folders, snapshot copy, scratch
+    file), and the ingest's work tables in the warehouse."""
     files = [p.name for p in site.root.iterdir() if ".tmp-" in p.name or "scratch" in p.name]
-    return sorted(report_state(site.reports).leftovers + files)
+    with open_warehouse(site.warehouse) as con:
+        tables = [f"staging.{t}" for t in work_tables(con)]
+    return sorted(report_state(site.reports).leftovers + files + tables)
 
 
 def _check_recovered(site: Site, run: Run, reference: CleanRun) -> None:

@@ -17,6 +17,7 @@ from pipelines.resources import (
     warehouse_connection,
     warehouse_memory_limit,
 )
+from schemas.staging import work_tables
 
 
 def _memory_limit(con: duckdb.DuckDBPyConnection) -> str:
@@ -75,3 +76,19 @@ def test_a_lock_held_past_the_wait_is_a_clear_error(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait(30)
+
+
+def test_a_killed_ingests_work_tables_are_dropped_by_the_next_writer(tmp_path: Path) -> None:
+    path = tmp_path / "w.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE SCHEMA staging")
+    con.execute("CREATE TABLE staging._in_sessions (session_id VARCHAR)")
+    con.execute("CREATE TABLE staging.sessions (session_id VARCHAR)")
+    con.close()
+    with warehouse_connection(path, read_only=True) as ro:
+        assert work_tables(ro) == ["_in_sessions"]  # a reader changes nothing
+    with warehouse_connection(path) as rw:
+        assert work_tables(rw) == []
+    with warehouse_connection(path, read_only=True) as ro:
+        tables = ro.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()
+    assert tables == [("sessions",)]
