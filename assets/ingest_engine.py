@@ -8,7 +8,8 @@ Stages (CONTRACT.md sections 2-4 and edge rules 1-4, 15, 18):
    failed rule by precedence is the row's quarantine rule;
 4. cross-table rules in DuckDB (assets/sql/ingest_*.sql): duplicate keys,
    references, client match, the sessions time window, then scoring;
-5. staging and quarantine are replaced together in one transaction.
+5. staging and quarantine are replaced together in one transaction; four
+   staging tables are their work tables, renamed (IN_PLACE), the fifth a copy.
 
 Pure Python + DuckDB, no Dagster: the asset in assets/ingest.py wraps it.
 """
@@ -497,7 +498,7 @@ class Ingest:
         """Qualified name of a table's work table (see IN_PLACE)."""
         if table in IN_PLACE:
             return f'"{self._home_db}".staging.{WORK_TABLE_PREFIX}{table}'
-        return f"{SCRATCH}._in_{table}"
+        return f"{SCRATCH}.{WORK_TABLE_PREFIX}{table}"
 
     def _create_scratch(self, table: str) -> None:
         cols = columns_of(self.schemas[table])
@@ -921,8 +922,10 @@ class Ingest:
         """Work tables in a scratch database beside the warehouse, deleted afterwards.
 
         A file (not TEMP tables in memory) so that memory stays bounded by
-        DuckDB's buffer pool whatever the size of the exports; the warehouse
-        itself only ever receives the published tables.
+        DuckDB's buffer pool whatever the size of the exports. The work tables of
+        IN_PLACE staging tables live in the warehouse's staging schema instead (they
+        become the staging tables); a failed run drops them here, a killed one
+        leaves them to the next writer (``pipelines.resources``).
         """
         con = self.con
         home, path = con.execute(
