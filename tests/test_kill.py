@@ -367,3 +367,86 @@ def test_wal_replay_is_all_or_nothing_per_transaction(tmp_path):
         assert got in (old, new), f"WAL torn at byte {cut} of {len(log)} gave {got}"
         seen["new" if got == new else "old"] += 1
     record("wal", {"wal_bytes": len(log), "torn_cuts": len(cuts), "states": dict(seen)})
+
+
+def _ingest_then_die(database: str, exports: str) -> None:
+    """Child: an ingest whose commit stays in the WAL (no checkpoint), then SIGKILL."""
+    import signal
+    from dataclasses import replace
+    from pathlib import Path
+
+    import duckdb
+
+    from assets.ingest_engine import Ingest
+    from schemas.settings import Settings
+
+    con = duckdb.connect(database)
+    con.execute("SET checkpoint_threshold = '1TB'")
+    con.execute("PRAGMA disable_checkpoint_on_shutdown")
+    Ingest(replace(Settings(), exports_dir=Path(exports)), con, run_id="killed").run()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_wal_replay_of_an_ingest_that_builds_staging_in_place(tmp_path):
+    """The ingest turns work tables into staging tables inside its publishing
+    transaction (DELETE, ALTER ... DROP COLUMN / TYPE / SET NOT NULL, RENAME). Killed
+    after that commit, before any checkpoint, the WAL replays it: the new staging,
+    columns and constraints included; torn at any byte, the previous staging or the
+    new, with at most a killed run's work tables beside it (the next writer drops them)."""
+    import shutil
+
+    import duckdb
+
+    from schemas.staging import work_tables
+    from tests.exports import base_tables, ingest, write_exports
+
+    database = tmp_path / "warehouse.duckdb"
+    con, _ = ingest(write_exports(tmp_path / "a", base_tables()), duckdb.connect(str(database)))
+    con.close()
+    changed = base_tables()
+    changed["sessions"][1]["duration_minutes"] = "50"
+    changed["sessions"][2]["status"] = "Attended"  # bad_enum: a quarantined row
+    changed["goals"][0]["horizon"] = "long_term"
+
+    def state() -> tuple:
+        with open_warehouse(database) as con:
+            layout = con.execute(
+                "SELECT table_name, column_name, data_type, is_nullable FROM "
+                "information_schema.columns WHERE table_schema = 'staging' "
+                "AND NOT starts_with(table_name, '_') ORDER BY ALL"
+            ).fetchall()
+            leftovers = work_tables(con)
+        return fingerprints(database), layout, leftovers
+
+    old = state()
+    exports_b = write_exports(tmp_path / "b", changed)
+    assert run_forked(_ingest_then_die, str(database), str(exports_b)) == -9
+    wal = tmp_path / "warehouse.duckdb.wal"
+    assert wal.is_file()
+    shutil.copy(database, tmp_path / "db.orig")
+    shutil.copy(wal, tmp_path / "wal.orig")
+    log = (tmp_path / "wal.orig").read_bytes()
+    new = state()
+    clean = tmp_path / "clean.duckdb"
+    con, _ = ingest(exports_b, duckdb.connect(str(clean)))
+    con.close()
+    assert new[0] == fingerprints(clean) and new[0] != old[0]
+    assert new[1] == old[1] and new[2] == []
+    rng = random.Random(SEED)
+    # The publishing transaction is the end of the log: cut there densely too.
+    cuts = sorted(
+        {0, 1, len(log) - 1, len(log) // 2, len(log)}
+        | {rng.randrange(len(log)) for _ in range(bound(20, 200))}
+        | {len(log) - rng.randrange(len(log) // 4) for _ in range(bound(20, 200))}
+    )
+    seen = Counter()
+    for cut in cuts:
+        shutil.copy(tmp_path / "db.orig", database)
+        wal.write_bytes(log[:cut])
+        tables, layout, leftovers = state()
+        got = "new" if tables == new[0] else "old" if tables == old[0] else None
+        assert got is not None and layout == old[1], f"WAL torn at byte {cut} of {len(log)}"
+        assert got == "old" or leftovers == [], f"WAL torn at byte {cut}: new with leftovers"
+        seen[got + (" + work tables" if leftovers else "")] += 1
+    assert seen["new"] and seen["old + work tables"], seen
+    record("wal_ingest", {"wal_bytes": len(log), "torn_cuts": len(cuts), "states": dict(seen)})
