@@ -38,7 +38,7 @@ SUITES = {
 }
 # The figures files (bench_results/reliability/<name>.json) each suite writes.
 FIGURES = {
-    "kill": ("kill", "wal"),
+    "kill": ("kill", "wal", "wal_ingest"),
     "faults": ("faults",),
     "fuzz": ("fuzz", "formula"),
     "privacy": ("privacy", "suppression"),
@@ -106,6 +106,7 @@ def _remember_runs(outcomes: dict[str, dict[str, int]]) -> dict[str, dict[str, A
 
 def table(outcomes: dict[str, dict[str, int]], seed: int, seconds: float) -> str:
     kill, fuzz, privacy, wal = _load("kill"), _load("fuzz"), _load("privacy"), _load("wal")
+    wal_ingest = _load("wal_ingest")
     faults, idem, supp, formula = (
         _load("faults"),
         _load("idempotence"),
@@ -126,6 +127,15 @@ def table(outcomes: dict[str, dict[str, int]], seed: int, seconds: float) -> str
             "Write-ahead log torn at random bytes (a kill mid-commit)",
             f"{wal.get('torn_cuts', '?')} cuts of a {wal.get('wal_bytes', '?')}-byte WAL: "
             f"{wal.get('states', {})} - always the previous or the new version, always opens",
+            _held(outcomes, "test_kill"),
+        ),
+        (
+            "An ingest killed after its publishing commit (staging built in place), "
+            "its WAL torn at random bytes",
+            f"{wal_ingest.get('torn_cuts', '?')} cuts of a "
+            f"{wal_ingest.get('wal_bytes', '?')}-byte WAL: {wal_ingest.get('states', {})} - "
+            "the previous or the new staging (columns and constraints included), never a "
+            "part; a killed run's work tables at most, dropped by the next writer",
             _held(outcomes, "test_kill"),
         ),
         (
