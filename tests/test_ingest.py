@@ -413,6 +413,22 @@ def test_gbo_mean_wai_sr_proration_and_srs_decimals(tmp_path):
     assert ("assessments", "assessments.csv", 5, "too_many_missing_items") in rejected(con)
 
 
+@pytest.mark.parametrize("order", [(2, 4, 3, 1), (1, 2, 3, 4)])
+def test_decimal_item_sum_does_not_depend_on_row_order(tmp_path, order):
+    # SRS lines 7.3 + 9.1 + 9.9 + 9.7 = 36 (not low alliance). Added as doubles in
+    # the order 9.1, 9.7, 9.9, 7.3 they give 35.99999999999999; the same
+    # responses in any file order must give the same total, exactly 36.
+    tables = base_tables()
+    base = tables["assessments"][1]
+    tables["assessments"].append(dict(base, assessment_id="R1", instrument="SRS", total_score=""))
+    lines = {1: "7.3", 2: "9.1", 3: "9.9", 4: "9.7"}
+    tables["assessment_items"] += [
+        {"assessment_id": "R1", "item": str(i), "score": lines[i]} for i in order
+    ]
+    con, _ = run(tmp_path, tables)
+    assert totals(con)["R1"] == (36.0, 4, False)
+
+
 def test_supplied_total_that_disagrees_is_reported_and_computed_wins(tmp_path):
     tables = base_tables()
     tables["assessments"][0]["total_score"] = "20"  # items give 16

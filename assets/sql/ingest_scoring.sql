@@ -25,14 +25,24 @@ WHERE i._rule IS NULL AND a._rule IS NULL AND a.assessment_id = i.assessment_id
   AND r.code = a.instrument AND rv.code = a.instrument AND rv.item = i.item;
 
 -- One row per valid administration: its scoring rule (NULL: scored) and total.
+-- The item sum is taken in DECIMAL: a sum of doubles depends on the order the
+-- rows arrive in (ORS lines 8.7 + 9.1 + 9.3 + 8.9 gave 36.0 in one file order and
+-- 35.99999999999999 in another), and the same exports must give the same
+-- warehouse. Responses carry at most a few decimals; 6 are kept.
 CREATE OR REPLACE TABLE _scored AS
-WITH items AS (
+WITH item_sums AS (
     SELECT assessment_id,
            count(*) FILTER (WHERE _rule IS NULL) AS answered,
-           sum(keyed_score) FILTER (WHERE _rule IS NULL) AS keyed_sum,
-           avg(keyed_score) FILTER (WHERE _rule IS NULL) AS keyed_mean
+           -- CASE, not FILTER: a rejected response (1e300) must never reach the cast
+           sum(CASE WHEN _rule IS NULL THEN CAST(keyed_score AS DECIMAL(18, 6)) END) AS exact_sum
     FROM _in_assessment_items
     GROUP BY assessment_id
+),
+items AS (
+    SELECT assessment_id, answered,
+           CAST(exact_sum AS DOUBLE) AS keyed_sum,
+           CAST(exact_sum AS DOUBLE) / answered AS keyed_mean
+    FROM item_sums
 ),
 s AS (
     SELECT a._rid, a.assessment_id, a.instrument, a.total_score,
