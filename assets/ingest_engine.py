@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import mmap
+import re
 import time
 import uuid
 from collections import Counter
@@ -296,13 +297,26 @@ def _arrow_csv_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[Chunk]:
         ):
             raise _ArrowCsvFailed("header read differently")
         for table in _rebatch(iter(reader), chunk_rows):
-            yield _normalise_arrow(table)
+            # header names as _csv_header gives them (' goal_number' is goal_number)
+            yield _normalise_arrow(table.rename_columns(header))
     except (pa_arrow.ArrowException, UnicodeDecodeError) as exc:
         raise _ArrowCsvFailed(str(exc)) from exc
 
 
+def _arrow_reason(exc: Exception) -> str:
+    """Arrow's CSV message without the row it quotes: a row may hold an identifier
+    that the privacy guard has not seen yet, and logs are published (CONTRACT.md 4)."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    shape = re.search(r"Expected \d+ columns, got \d+", first)
+    if shape:
+        return shape.group(0)
+    return "invalid UTF-8" if "UTF8" in first or "UTF-8" in first else "a row it refuses"
+
+
 def _pandas_csv_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[Chunk]:
     """Reference path: pandas' C parser (pads short rows, names malformed lines)."""
+    header = _csv_header(sf)
+    _refuse_long_first_row(sf, len(header))
     start = 1
     try:
         reader = pd.read_csv(
@@ -316,6 +330,7 @@ def _pandas_csv_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[Chunk]:
             engine="c",
         )
         for frame in reader:
+            frame.columns = header
             table = pa_arrow.Table.from_pandas(frame.astype(TEXT), preserve_index=False)
             start += len(frame)
             yield _normalise_arrow(table)
@@ -324,7 +339,29 @@ def _pandas_csv_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[Chunk]:
             f"{sf.relative}: not UTF-8 text ({exc.reason}) near data row {start}"
         ) from exc
     except pd.errors.ParserError as exc:
-        raise IngestError(f"{sf.relative}: malformed CSV near data row {start}: {exc}") from exc
+        # pandas reads a chunk before it fails: its own message names the line
+        raise IngestError(
+            f"{sf.relative}: malformed CSV in the rows after data row {start - 1} ({exc}; "
+            "line numbers count the header as line 1)"
+        ) from exc
+
+
+def _refuse_long_first_row(sf: SourceFile, fields: int) -> None:
+    """A first data row longer than the header makes pandas take the first column
+    as the row index, which shifts every value one column left without a word; a
+    longer row further down is a ParserError. Either way the file is refused."""
+    with sf.path.open("r", encoding="utf-8-sig", newline="") as fh:
+        rows = csv.reader(fh)
+        next(rows, None)
+        try:
+            first = next((r for r in rows if r), None)
+        except csv.Error:
+            return  # pandas names the problem
+    if first is not None and len(first) > fields:
+        raise IngestError(
+            f"{sf.relative}: malformed CSV: data row 1 has {len(first)} fields but the header "
+            f"has {fields} (a comma at the end of each line?)"
+        )
 
 
 def _parquet_chunks(sf: SourceFile, chunk_rows: int) -> Iterator[Chunk]:
@@ -554,8 +591,7 @@ class Ingest:
             self.con.unregister("_chunk")
         report.files = [sf.relative for sf in files]
         report.ignored_columns = sorted(ignored)
-        if ignored:
-            self.log.warning("%s: ignored extra columns %s", table, ", ".join(sorted(ignored)))
+        if ignored:  # logged once, by whoever reports self.warnings
             self.warnings.append(f"{table}: ignored extra columns {', '.join(sorted(ignored))}")
 
     def _prepared_chunks(
@@ -602,7 +638,7 @@ class Ingest:
                         "%s: read again with pandas after %s rows (Arrow's CSV reader: %s)",
                         sf.relative,
                         f"{rid - file_rid:,}",
-                        str(exc).splitlines()[0][:200],
+                        _arrow_reason(exc),
                     )
                     if rid != file_rid:
                         yield "restart", sf, None

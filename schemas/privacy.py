@@ -57,8 +57,34 @@ _NAME_TOKENS = {
     "comments",
     "freetext",
     "narrative",
+    "remark",
     "remarks",
+    "memo",
+    "memos",
+    "addr",
+    "postal",
+    "mrn",
+    "medicare",
+    "medicaid",
 }
+# Identifiers written as one word ('phonenumber', 'EmailAddress' lower-cased):
+# looked for in the name's tokens joined together.
+_NAME_COMPOUNDS = (
+    "dateofbirth",
+    "phonenumber",
+    "mobilenumber",
+    "telephonenumber",
+    "contactnumber",
+    "emailaddress",
+    "mailaddress",
+    "homeaddress",
+    "streetaddress",
+    "postaladdress",
+    "nhsnumber",
+    "insurancenumber",
+    "nationalinsurance",
+    "socialsecurity",
+)
 # Adjacent token pairs that together name an identifier.
 _NAME_PAIRS = {
     ("first", "name"),
@@ -85,6 +111,13 @@ _NAME_PAIRS = {
     ("medicare", "number"),
     ("health", "number"),
     ("nhs", "number"),
+    ("ni", "number"),
+    ("ni", "no"),
+    ("insurance", "no"),
+    ("national", "insurance"),
+    ("medical", "record"),
+    ("mobile", "number"),
+    ("contact", "number"),
 }
 # Contract columns are pseudonymous by definition; their names never trip the guard.
 _ALLOWED = {
@@ -107,7 +140,9 @@ class PrivacyError(ValueError):
 
 
 def _tokens(column: str) -> list[str]:
-    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", column)
+    # camelCase and an acronym before a word ('NHSNumber': NHS Number)
+    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", column)
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", spaced)
     return [t for t in re.split(r"[^a-z0-9]+", spaced.lower()) if t]
 
 
@@ -120,7 +155,8 @@ def identifier_like_name(column: str) -> bool:
     pairs = set(zip(tokens, tokens[1:], strict=False))
     if tokens and tokens[0] == "of":
         return False
-    return bool(pairs & _NAME_PAIRS) or "dateofbirth" in "".join(tokens)
+    joined = "".join(tokens)
+    return bool(pairs & _NAME_PAIRS) or any(c in joined for c in _NAME_COMPOUNDS)
 
 
 def _phone_like(values: pd.Series) -> pd.Series:
@@ -128,7 +164,9 @@ def _phone_like(values: pd.Series) -> pd.Series:
     digits = candidates.str.count(r"\d")
     has_punct = candidates.str.contains(r"[\s().\-/+]", regex=True)
     is_date = candidates.str.match(r"^\s*\d{4}-\d{2}-\d{2}")
-    return (digits >= 9) & has_punct & ~is_date
+    # a plain decimal number (a prorated total 26.666666666666668) is not a phone
+    is_number = candidates.str.match(r"^\s*[+-]?\d+\.\d+\s*$")
+    return (digits >= 9) & has_punct & ~is_date & ~is_number
 
 
 # An RE2 version of PHONE for ASCII text (Python's \s on ASCII spelled out). Every

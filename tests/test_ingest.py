@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 
 import duckdb
 import pandas as pd
@@ -703,6 +704,18 @@ def test_rerun_gives_identical_tables(tmp_path):
         "notes",
         "nhs_number",
         "home_address",
+        # one word, an acronym before a word, and other spellings an export uses
+        "phonenumber",
+        "EmailAddress",
+        "NHSNumber",
+        "postal_code",
+        "ni_number",
+        "national_insurance",
+        "insurance_no",
+        "addr",
+        "remark",
+        "memo",
+        "mrn",
     ],
 )
 def test_identifier_column_names_stop_the_ingest(tmp_path, column):
@@ -730,6 +743,20 @@ def test_identifier_values_stop_the_ingest_and_are_never_written(tmp_path, value
     ).fetchall() == [(0,)]
     con.close()
     assert value.encode() not in path.read_bytes()
+
+
+@pytest.mark.parametrize("rows", [1, 1500])  # the exact check alone / behind the prefilter
+def test_long_decimals_are_not_mistaken_for_phones(tmp_path, rows):
+    # a prorated total exported as a double has 17 digits and a '.': a number
+    tables = base_tables()
+    base = tables["assessments"][1]
+    tables["assessments"] += [
+        dict(base, assessment_id=f"X{n}", total_score="13.333333333333334") for n in range(rows)
+    ]
+    tables["sessions"][0]["duration_minutes"] = "50.00000000"
+    con, _ = run(tmp_path, tables)
+    assert totals(con)["X0"] == (13.333333333333334, None, False)
+    assert rejected(con) == []
 
 
 def test_ids_dates_and_numbers_are_not_mistaken_for_phones(tmp_path):
@@ -771,3 +798,63 @@ def test_quarantine_record_is_the_raw_row(tmp_path):
         "practice_completed": None,
     }
     assert isinstance(pd.Timestamp(row.name), pd.Timestamp) or True
+
+
+# --------------------------------------------------------------------------- CSV layout
+
+
+GOALS_CSV = "E1,1,2026-01-05,short_term\nE1,2,2026-01-05,long_term\n"
+
+
+def _with_goals_csv(tmp_path, text: str):
+    folder = write_exports(tmp_path / "x", base_tables())
+    (folder / "goals.csv").write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("shape", ["short", "long"])  # Arrow's fast path / pandas' (a short row)
+def test_header_names_with_blanks_are_the_plain_names(tmp_path, shape):
+    # "a, b, c" headers: the values belong to the named columns, none is lost
+    body = GOALS_CSV if shape == "long" else GOALS_CSV + "E2,1\n"
+    con, _ = ingest(_with_goals_csv(tmp_path, "episode_id, goal_number , set_at,horizon\n" + body))
+    got = con.execute(
+        "SELECT episode_id, goal_number, horizon FROM staging.goals ORDER BY ALL"
+    ).fetchall()
+    assert got == [("E1", 1, "short_term"), ("E1", 2, "long_term")]
+    assert [r[3] for r in rejected(con, "goals")] == (
+        ["missing_required"] if shape == "short" else []
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # a comma at the end of every line: pandas would shift every value one column left
+        (GOALS_CSV.replace("\n", ",\n"), "data row 1 has 5 fields but the header has 4"),
+        ("E1,1,2026-01-05,short_term,extra\nE1,2,2026-01-05,long_term\n", "data row 1 has 5"),
+        # a long row further down: pandas names its line (header = line 1)
+        (GOALS_CSV + "E1,3,2026-01-05,long_term,extra\n", "Expected 4 fields in line 4, saw 5"),
+    ],
+)
+def test_rows_longer_than_the_header_fail_the_file(tmp_path, body, message):
+    folder = _with_goals_csv(tmp_path, "episode_id,goal_number,set_at,horizon\n" + body)
+    with pytest.raises(IngestError, match="goals.csv: malformed CSV") as info:
+        ingest(folder)
+    assert message in str(info.value)
+
+
+def test_arrow_refusal_is_logged_without_the_row(tmp_path, caplog):
+    # the short row holds an e-mail in a column the guard then refuses; the log
+    # line about Arrow's reader must not quote the row (it did)
+    text = (
+        "episode_id,client_id,clinic_id,clinician_id,start_date,program\n"
+        "E1,K1,C1,T1,2026-01-05,adult\n"
+        "E3,K3,C1,T1,2026-01-10,zz.secret@example.com,\n"
+        "E4,K4,C1,T1\n"
+    )
+    folder = write_exports(tmp_path / "x", base_tables())
+    (folder / "episodes.csv").write_text(text, encoding="utf-8")
+    with caplog.at_level(logging.DEBUG), pytest.raises(IngestError):
+        ingest(folder)
+    assert "read again with pandas" in caplog.text
+    assert "zz.secret" not in caplog.text
