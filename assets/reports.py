@@ -228,10 +228,48 @@ KPI_LABELS = {
 }
 
 RATE_COUNTS = ("events", "non_events")
+# Rates over one denominator (same clinic, instrument, breakdown, band and period).
+# Published together they give away a third count: the denominator less both
+# numerators (disjoint events: late cancellations; neither improved nor
+# deteriorated) or the difference of the numerators (nested: recovered but not
+# reliably). That count is a small count too, and the pair is suppressed together.
+SIBLING_RATES = {
+    "attendance_rate": ("attendance", "disjoint"),
+    "dna_rate": ("attendance", "disjoint"),
+    "reliable_improvement_rate": ("reliable_change", "disjoint"),
+    "reliable_deterioration_rate": ("reliable_change", "disjoint"),
+    "recovery_rate": ("recovery", "nested"),
+    "reliable_recovery_rate": ("recovery", "nested"),
+}
+SIBLING_COUNTS = ("sibling_rest",)
+
+
+def with_sibling_counts(cells: pd.DataFrame) -> pd.DataFrame:
+    """Add ``siblings`` (the key shared by rates over one denominator) and
+    ``sibling_rest`` (the count the pair gives away, see SIBLING_RATES)."""
+    cells = cells.copy()
+    group = cells["kpi"].map(lambda k: SIBLING_RATES.get(k, (None, None))[0])
+    unit = ["clinic_id", "instrument", "breakdown", "band", "period"]
+    cells["siblings"] = [
+        None if g is None else "|".join(map(str, [*u, g]))
+        for g, u in zip(group, cells[unit].itertuples(index=False, name=None), strict=True)
+    ]
+    cells["sibling_rest"] = None
+    num = pd.to_numeric(cells["numerator"], errors="coerce")
+    den = pd.to_numeric(cells["denominator"], errors="coerce")
+    for _, rows in cells[cells["siblings"].notna()].groupby("siblings").groups.items():
+        if len(rows) != 2 or num[rows].isna().any() or den[rows].nunique() != 1:
+            continue
+        kind = SIBLING_RATES[cells.at[rows[0], "kpi"]][1]
+        a, b = num[rows[0]], num[rows[1]]
+        rest = den[rows[0]] - a - b if kind == "disjoint" else abs(a - b)
+        cells.loc[rows, "sibling_rest"] = rest
+    return cells
+
 
 KPI_SPEC = CellSpec(
     keys=("clinic_id", "kpi", "instrument", "breakdown", "band", "period", "quantity"),
-    small_counts=RATE_COUNTS,
+    small_counts=RATE_COUNTS + SIBLING_COUNTS,
     additive=(
         # clinics add up to the service
         Additive(
@@ -241,8 +279,9 @@ KPI_SPEC = CellSpec(
         Additive(by=("clinic_id", "kpi", "instrument", "breakdown"), over="band", total=ALL),
     ),
     same_as="quantity",  # the window total is shown in each breakdown
+    linked=("siblings",),
     rounded=("numerator", "denominator", "n_clients", "n_episodes"),
-    private=RATE_COUNTS,
+    private=RATE_COUNTS + SIBLING_COUNTS + ("siblings",),
 )
 
 KPI_MONTHS_SQL = """
@@ -281,7 +320,7 @@ def kpi_cells(con: duckdb.DuckDBPyConnection, period: Period, tables: set[str]) 
         section.extra["equity_missing"] = ["marts.clinic_kpis_episodes"]
     cells = pd.concat(frames, ignore_index=True)
     cells["period"] = pd.to_datetime(cells["period"])
-    cells = with_rate_counts(cells, ~cells["kpi"].isin(NOT_RATES))
+    cells = with_sibling_counts(with_rate_counts(cells, ~cells["kpi"].isin(NOT_RATES)))
     cells["quantity"] = [
         f"{c}|{k}|{i}|window" if b == ALL else None
         for c, k, i, b in zip(

@@ -30,7 +30,9 @@ Rules, applied together until nothing changes (suppression only ever grows):
    published points must differ by 0 or at least k in every listed count, or
    the difference would publish a count of fewer than k clients.
 5. Replicas (``same_as``): rows that publish the same number (a total shown in
-   two breakdowns) are suppressed together.
+   two breakdowns) are suppressed together; so are rows ``linked`` by a shared
+   quantity (two rates over one denominator: publishing one gives the other's
+   denominator away).
 
 Optional NHS-style rounding of the published counts to a multiple of
 ``round_counts_to`` (e.g. 5) happens after suppression; rates keep their
@@ -86,6 +88,7 @@ class CellSpec:
     small_counts: counts published with the cell (rule 2); NULL is ignored.
     additive, cumulative: the equations between cells (rules 3 and 4).
     same_as: a column naming the published quantity, for replicas (rule 5).
+    linked: more such columns (rows equal in one are suppressed together).
     rounded: counts rounded to ``round_counts_to`` when that is set.
     private: helper columns used for the decision and dropped from the output.
     """
@@ -96,6 +99,7 @@ class CellSpec:
     additive: tuple[Additive, ...] = ()
     cumulative: tuple[Cumulative, ...] = ()
     same_as: str | None = None
+    linked: tuple[str, ...] = ()
     rounded: tuple[str, ...] = ()
     private: tuple[str, ...] = field(default=())
 
@@ -140,12 +144,12 @@ class _State:
             col: [_number(v) for v in frame[col]] for c in spec.cumulative for col in c.counts
         }
         self.replicas: list[list[int]] = []
-        if spec.same_as:
+        for column in ([spec.same_as] if spec.same_as else []) + list(spec.linked):
             groups: dict[tuple, list[int]] = defaultdict(list)
-            for i, v in enumerate(frame[spec.same_as]):
+            for i, v in enumerate(frame[column]):
                 if _key([v]) != (None,):
                     groups[_key([v])].append(i)
-            self.replicas = [g for g in groups.values() if len(g) > 1]
+            self.replicas += [g for g in groups.values() if len(g) > 1]
 
     @staticmethod
     def _equations(frame: pd.DataFrame, a: Additive) -> list[tuple[int, list[int]]]:
@@ -264,6 +268,7 @@ def suppress(
     if k < 1:
         raise ValueError("k (min_cell_size) must be at least 1")
     needed = set(spec.keys) | {spec.clients} | set(spec.small_counts) | set(spec.private)
+    needed |= set(spec.linked)
     for c in spec.cumulative:
         needed |= set(c.by) | {c.order} | set(c.counts)
     for a in spec.additive:

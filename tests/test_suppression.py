@@ -365,3 +365,62 @@ def test_the_tiny_clinic_page_prints_no_number(tiny_network, tmp_path):
     assert "suppressed" in tiles
     assert "%" not in tiles.replace("pp", "")  # no rate printed in the C3 tiles
     assert result.suppressed > 0
+
+
+# ---------------------------------------------------------------- rates over one denominator
+
+
+def _kpi_pair(first: str, second: str, den: int, a: int, b: int, clients=(60, 60)):
+    from assets.reports import NOT_RATES, with_rate_counts, with_sibling_counts
+
+    rows = [
+        {
+            "clinic_id": "C1",
+            "kpi": kpi,
+            "instrument": "",
+            "breakdown": "month",
+            "band": "2026-02",
+            "period": pd.Timestamp("2026-02-01"),
+            "numerator": num,
+            "denominator": den,
+            "value": num / den,
+            "n_clients": n,
+            "n_episodes": n,
+            "quantity": None,
+        }
+        for kpi, num, n in [(first, a, clients[0]), (second, b, clients[1])]
+    ]
+    cells = pd.DataFrame(rows)
+    return with_sibling_counts(with_rate_counts(cells, ~cells["kpi"].isin(NOT_RATES)))
+
+
+def test_attendance_and_dna_do_not_give_away_late_cancellations():
+    from assets.reports import KPI_SPEC
+
+    # 103 sessions, 88 attended, 13 DNA: both published would show 2 late cancellations
+    out = suppress(_kpi_pair("attendance_rate", "dna_rate", 103, 88, 13), KPI_SPEC, k=10)
+    assert out["suppressed"].tolist() == [True, True]
+    assert "sibling_rest" not in out.columns and "siblings" not in out.columns
+    # 100 = 80 + 10 + 10 late cancellations: nothing small, both published
+    out = suppress(_kpi_pair("attendance_rate", "dna_rate", 100, 80, 10), KPI_SPEC, k=10)
+    assert out["suppressed"].tolist() == [False, False]
+
+
+def test_recovery_and_reliable_recovery_do_not_give_away_their_difference():
+    from assets.reports import KPI_SPEC
+
+    # 40 at caseness, 20 recovered, 17 reliably: 3 recovered but not reliably
+    out = suppress(_kpi_pair("recovery_rate", "reliable_recovery_rate", 40, 20, 17), KPI_SPEC, 10)
+    assert out["suppressed"].tolist() == [True, True]
+    out = suppress(_kpi_pair("recovery_rate", "reliable_recovery_rate", 40, 20, 20), KPI_SPEC, 10)
+    assert out["suppressed"].tolist() == [False, False]
+
+
+def test_a_suppressed_rate_takes_its_sibling_over_the_same_denominator_with_it():
+    from assets.reports import KPI_SPEC
+
+    # DNA rests on 8 clients (fewer than k); attendance on the same 44 sessions
+    # would publish the suppressed cell's denominator
+    pair = _kpi_pair("attendance_rate", "dna_rate", 44, 24, 10, clients=(30, 8))
+    out = suppress(pair, KPI_SPEC, k=10)
+    assert out["suppression"].tolist() == ["complementary", "fewer_than_k"]
