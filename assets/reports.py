@@ -294,6 +294,11 @@ ORDER BY kpi, instrument, clinic_id, period_start
 """
 
 
+def with_kpi_counts(cells: pd.DataFrame) -> pd.DataFrame:
+    """The private counts KPI_SPEC decides on: the rates' and their siblings'."""
+    return with_sibling_counts(with_rate_counts(cells, ~cells["kpi"].isin(NOT_RATES)))
+
+
 def kpi_cells(con: duckdb.DuckDBPyConnection, period: Period, tables: set[str]) -> Section:
     """Monthly KPI cells (trends, tiles, completeness) and the equity breakdown."""
     section = Section("kpis", missing=_needs(tables, "marts.clinic_kpis"))
@@ -320,7 +325,7 @@ def kpi_cells(con: duckdb.DuckDBPyConnection, period: Period, tables: set[str]) 
         section.extra["equity_missing"] = ["marts.clinic_kpis_episodes"]
     cells = pd.concat(frames, ignore_index=True)
     cells["period"] = pd.to_datetime(cells["period"])
-    cells = with_sibling_counts(with_rate_counts(cells, ~cells["kpi"].isin(NOT_RATES)))
+    cells = with_kpi_counts(cells)
     cells["quantity"] = [
         f"{c}|{k}|{i}|window" if b == ALL else None
         for c, k, i, b in zip(

@@ -248,7 +248,7 @@ def tile_sections(rows: list[dict]) -> dict[str, reports.Section]:
     for column, default in (("instrument", ""), ("breakdown", "month"), ("quantity", None)):
         frame[column] = default
     frame["band"] = [p.strftime("%Y-%m") for p in frame["period"]]
-    published = reports.suppress(reports.with_rate_counts(frame), reports.KPI_SPEC, k=10)
+    published = reports.suppress(reports.with_kpi_counts(frame), reports.KPI_SPEC, k=10)
     return {"kpis": reports.Section("kpis", published), "alliance": reports.Section("alliance")}
 
 

@@ -371,7 +371,7 @@ def test_the_tiny_clinic_page_prints_no_number(tiny_network, tmp_path):
 
 
 def _kpi_pair(first: str, second: str, den: int, a: int, b: int, clients=(60, 60)):
-    from assets.reports import NOT_RATES, with_rate_counts, with_sibling_counts
+    from assets.reports import with_kpi_counts
 
     rows = [
         {
@@ -390,8 +390,7 @@ def _kpi_pair(first: str, second: str, den: int, a: int, b: int, clients=(60, 60
         }
         for kpi, num, n in [(first, a, clients[0]), (second, b, clients[1])]
     ]
-    cells = pd.DataFrame(rows)
-    return with_sibling_counts(with_rate_counts(cells, ~cells["kpi"].isin(NOT_RATES)))
+    return with_kpi_counts(pd.DataFrame(rows))
 
 
 def test_attendance_and_dna_do_not_give_away_late_cancellations():
