@@ -26,7 +26,7 @@ WHERE i._rule IS NULL AND a._rule IS NULL AND a.assessment_id = i.assessment_id
 
 -- One row per valid administration: its scoring rule (NULL: scored) and total.
 -- The item sum is taken in DECIMAL: a sum of doubles depends on the order the
--- rows arrive in (ORS lines 8.7 + 9.1 + 9.3 + 8.9 gave 36.0 in one file order and
+-- rows arrive in (SRS lines 7.3 + 9.1 + 9.9 + 9.7 gave 36.0 in one file order and
 -- 35.99999999999999 in another), and the same exports must give the same
 -- warehouse. Responses carry at most a few decimals; 6 are kept.
 CREATE OR REPLACE TABLE _scored AS
